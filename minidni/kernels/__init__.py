@@ -1,0 +1,53 @@
+"""Kernel backends behind one interface.
+
+`reference` (NumPy, the specification) and `cpu` (Numba) define the same functions with the same signatures.
+`minidni.ops` always calls `kernels.active.<name>(...)`, so switching backends changes no other code.
+
+The default is Numba; set the environment variable `MINIDNI_BACKEND=numpy` before starting Python, or call
+`minidni.kernels.set_backend("numpy")` at run time (and `"numba"` to go back).
+"""
+import os
+
+from . import reference
+
+BACKENDS = ("numba", "numpy")
+active = reference
+
+
+def get_backend() -> str:
+    """The name of the active backend: 'numba' or 'numpy'."""
+    return active.NAME
+
+
+def set_backend(name: str):
+    """Make `name` ('numba' or 'numpy') the backend every op uses from now on; returns the previous name."""
+    global active
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)} "
+                         "(set by MINIDNI_BACKEND or minidni.kernels.set_backend)")
+    previous = active.NAME
+    if name == "numba":
+        from . import cpu  # imported only when chosen: numba's import costs ~0.3 s
+
+        active = cpu
+    else:
+        active = reference
+    return previous
+
+
+class use_backend:
+    """Context manager: `with use_backend("numpy"): ...` runs the block on that backend, then restores the old one."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self._previous = set_backend(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        set_backend(self._previous)
+        return False
+
+
+set_backend(os.environ.get("MINIDNI_BACKEND", "numba").strip().lower() or "numba")

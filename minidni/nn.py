@@ -1,0 +1,282 @@
+"""Neural-network building blocks: Module, Parameter, Linear, activations, BatchNorm1d, Sequential, and an MLP builder.
+
+A Module owns Parameters (tensors that require grad) and buffers (arrays that are state but not learned, such as batch
+norm's running statistics), and child Modules. It finds them by looking at its own attributes, so
+
+    class Net(Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = Linear(784, 10)
+
+makes `fc.weight` and `fc.bias` appear in `net.named_parameters()` as "fc.weight", "fc.bias". `state_dict()` returns
+every parameter and buffer by name; `save(path)` / `load(path)` write and read them as .npz, exactly.
+
+The feed-forward networks of Jaderberg et al. 2016 (Sec. 3.3, appendix A: fully connected layers of 256 units with
+batch norm and ReLU) are `mlp(784, 256, 10, n_hidden=k)`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .tensor import Tensor
+
+_seed_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed: int):
+    """Seed the generator that initialises parameters when no `rng` is given (like torch.manual_seed)."""
+    global _seed_rng
+    _seed_rng = np.random.default_rng(seed)
+
+
+def _rng(rng):
+    if rng is None:
+        return _seed_rng
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+class Parameter(Tensor):
+    """A learnable tensor: always a leaf, always requires grad."""
+
+    __slots__ = ()
+
+    def __init__(self, data, dtype=None, name=None):
+        super().__init__(data, requires_grad=True, dtype=dtype, name=name)
+        if not self.data.flags.c_contiguous:
+            self.data = np.ascontiguousarray(self.data)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: holds Parameters, buffers and child Modules as attributes; `forward` says what it computes."""
+
+    def __init__(self):
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_buffers", {})
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---- what the module holds -----------------------------------------------------------------------------------
+    def _children(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    if isinstance(v, Module):
+                        yield f"{name}.{i}" if name != "_layers" else str(i), v
+
+    def register_buffer(self, name, array):
+        """Store an array that is state (saved, loaded) but not learned, reachable as self.<name>."""
+        if "_buffers" not in vars(self):
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before register_buffer")
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    def named_parameters(self, prefix=""):
+        """(name, Parameter) pairs in a fixed order: own parameters in definition order, then each child's."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self._children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for name in self._buffers:
+            yield prefix + name, getattr(self, name)
+        for name, child in self._children():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def modules(self):
+        yield self
+        for _, child in self._children():
+            yield from child.modules()
+
+    def num_parameters(self):
+        return int(sum(p.size for p in self.parameters()))
+
+    # ---- modes and gradients ---------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # ---- state -------------------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        """{name: array copy} of every parameter and buffer."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from `state` into this module's parameters and buffers, in place (optimizers keep working)."""
+        own = dict(self.named_parameters())
+        own_buffers = dict(self.named_buffers())
+        missing = [k for k in list(own) + list(own_buffers) if k not in state]
+        unexpected = [k for k in state if k not in own and k not in own_buffers]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict into {type(self).__name__}: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for name, value in state.items():
+            target = own[name].data if name in own else own_buffers.get(name)
+            if target is None:
+                continue
+            value = np.asarray(value)
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise ValueError(f"load_state_dict: {name} has shape {target.shape} and dtype {target.dtype} here, "
+                                 f"but the state holds shape {value.shape}, dtype {value.dtype}")
+            np.copyto(target, value)
+
+    def save(self, path):
+        """Write the state dict to an .npz file (an exact round trip: load() restores every bit)."""
+        np.savez(path, **self.state_dict())
+
+    def load(self, path):
+        with np.load(path) as f:
+            self.load_state_dict({k: f[k] for k in f.files})
+        return self
+
+    # ---- printing -------------------------------------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        children = list(self._children())
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in children:
+            lines += [f"  ({name}): " + repr(child).replace("\n", "\n  ")]
+        return "\n".join(lines + [")"])
+
+
+class Linear(Module):
+    """y = x W + b with W of shape (in, out). Initialised like PyTorch's nn.Linear: U(-1/sqrt(in), 1/sqrt(in))."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        r = _rng(rng)
+        bound = 1.0 / np.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(r.uniform(-bound, bound, (in_features, out_features)).astype(dtype))
+        self.bias = Parameter(r.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
+
+    def forward(self, x):
+        return ops.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return ops.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return ops.tanh(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return ops.sigmoid(x)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class BatchNorm1d(Module):
+    """Batch norm over the batch axis of (N, C): batch statistics while training, running statistics in eval()."""
+
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.momentum, self.eps = num_features, momentum, eps
+        self.weight = Parameter(np.ones(num_features, dtype=dtype))
+        self.bias = Parameter(np.zeros(num_features, dtype=dtype))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+        self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+
+    def forward(self, x):
+        return ops.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                              training=self.training, momentum=self.momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
+
+
+class Sequential(Module):
+    """Modules applied one after another; indexable and sliceable (a slice is a Sequential sharing the modules)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for k, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {k} is a {type(m).__name__}, not a Module")
+        self._layers = list(modules)
+
+    def forward(self, x):
+        for m in self._layers:
+            x = m(x)
+        return x
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*self._layers[i])
+        return self._layers[i]
+
+    def append(self, module):
+        self._layers.append(module)
+        return self
+
+
+_ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+
+
+def mlp(in_features, hidden, out_features, n_hidden, batch_norm=True, activation="relu", dtype=np.float32, rng=None):
+    """A fully connected net: n_hidden x [Linear(hidden) -> BatchNorm1d -> activation], then Linear(out_features).
+
+    With batch norm the hidden Linear layers have no bias (batch norm's shift replaces it). Jaderberg et al. 2016 use
+    mlp(784, 256, 10, n_hidden=k) for the k+1 layer MNIST networks.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"mlp: unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+    if n_hidden < 0:
+        raise ValueError(f"mlp: n_hidden must be >= 0, got {n_hidden}")
+    r = _rng(rng)
+    layers, width = [], in_features
+    for _ in range(n_hidden):
+        layers.append(Linear(width, hidden, bias=not batch_norm, dtype=dtype, rng=r))
+        if batch_norm:
+            layers.append(BatchNorm1d(hidden, dtype=dtype))
+        layers.append(_ACTIVATIONS[activation]())
+        width = hidden
+    layers.append(Linear(width, out_features, dtype=dtype, rng=r))
+    return Sequential(*layers)

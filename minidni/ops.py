@@ -1,0 +1,623 @@
+"""The differentiable operations: each a Function with forward and backward side by side, its math in the docstring.
+
+Notation: g is the gradient flowing in from above (dL/dy, shape of y); every backward returns one gradient per input,
+with that input's shape (broadcasting is undone by `unbroadcast`). Heavy arithmetic goes through `kernels.active`
+(Numba or the NumPy reference, see `minidni/kernels/`); ops that are a single NumPy call (broadcast arithmetic,
+reshapes, reductions over arbitrary axes) call NumPy directly on both backends.
+
+The public functions at the bottom (`add`, `linear`, `cross_entropy`, ...) accept Tensors, and also Python numbers
+or arrays where that makes sense; they check dtypes and shapes and raise errors that name the op.
+
+The ops a DNI network needs (Jaderberg et al. 2016, Sec. 2 and 3): linear layers, ReLU and batch norm for the
+modules and synthesizers, softmax cross-entropy for the task loss, and the squared error ||g_hat - g||^2 that trains
+a synthetic-gradient model.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .autograd import Function
+from .tensor import Tensor
+
+_BASIC_INDEX = (int, np.integer, slice, type(None), type(Ellipsis))
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------------
+def unbroadcast(grad, shape):
+    """Sum `grad` down to `shape`, undoing NumPy broadcasting: y = a + b with a (3, 1), b (4,) gives y (3, 4);
+    dL/da sums g over axis 1 (kept), dL/db sums g over axis 0 (dropped)."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
+    out = grad.sum(axis=axes, keepdims=True) if axes else grad
+    return out.reshape(shape)
+
+
+def _as_tensor(x, like: Tensor, op: str) -> Tensor:
+    """Python numbers take the dtype of the other operand; arrays and tensors must already match it."""
+    if isinstance(x, Tensor):
+        t = x
+    elif isinstance(x, (int, float, bool, np.number)) and not isinstance(x, np.ndarray):
+        return Tensor._wrap(np.asarray(x, dtype=like.data.dtype), False, None)
+    else:
+        t = Tensor(x)
+    if t.data.dtype != like.data.dtype:
+        raise TypeError(
+            f"{op}: mixed dtypes {like.data.dtype} and {t.data.dtype}. minidni never converts silently; "
+            f"convert one side first, e.g. x.astype(np.{like.data.dtype})."
+        )
+    return t
+
+
+def _pair(a, b, op):
+    if isinstance(a, Tensor):
+        return a, _as_tensor(b, a, op)
+    if isinstance(b, Tensor):
+        return _as_tensor(a, b, op), b
+    a = Tensor(a)
+    return a, _as_tensor(b, a, op)
+
+
+def _broadcast_shape(op, a, b):
+    try:
+        return np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(
+            f"{op}: shapes {a.shape} and {b.shape} do not broadcast. Trailing dimensions must be equal or 1 "
+            "(NumPy's broadcasting rule)."
+        ) from None
+
+
+# ---- arithmetic with broadcasting ------------------------------------------------------------------------------------
+class Add(Function):
+    """y = a + b;   da = unbroadcast(g),  db = unbroadcast(g)"""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.saved
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+
+
+class Sub(Function):
+    """y = a - b;   da = unbroadcast(g),  db = -unbroadcast(g)"""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.saved
+        return unbroadcast(g, sa), -unbroadcast(g, sb)
+
+
+class Mul(Function):
+    """y = a * b;   da = unbroadcast(g b),  db = unbroadcast(g a)"""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        da = unbroadcast(g * b, a.shape) if ctx.needs_input_grad[0] else None
+        db = unbroadcast(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        return da, db
+
+
+class Div(Function):
+    """y = a / b;   da = unbroadcast(g / b),  db = unbroadcast(-g a / b^2)"""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        da = unbroadcast(g / b, a.shape) if ctx.needs_input_grad[0] else None
+        db = unbroadcast(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return da, db
+
+
+class Neg(Function):
+    """y = -x;   dx = -g"""
+
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class AsType(Function):
+    """y = x converted to another float dtype;   dx = g converted back"""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.save_for_backward(x.dtype)
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.astype(ctx.saved[0])
+
+
+# ---- matrix products ---------------------------------------------------------------------------------------------------
+class MatMul(Function):
+    """y = a @ b  (a (N, K), b (K, M));   da = g b^T,  db = a^T g"""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return np.matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        da = np.matmul(g, b.T) if ctx.needs_input_grad[0] else None
+        db = np.matmul(a.T, g) if ctx.needs_input_grad[1] else None
+        return da, db
+
+
+class Linear(Function):
+    """y = x W + b, fused  (x (N, I), W (I, O), b (O,));   dx = g W^T,  dW = x^T g,  db = sum_n g
+
+    W is stored (in, out) so the forward GEMM reads both operands row by row. Gradients nobody needs are not computed:
+    the first layer of a network skips dx, the largest product of its backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b=None):
+        ctx.save_for_backward(x, W)
+        return kernels.active.linear_forward(x, W, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved
+        need = ctx.needs_input_grad
+        dx, dW, db = kernels.active.linear_backward(x, W, g, need[0], need[1], len(need) > 2 and need[2])
+        return (dx, dW, db) if len(need) > 2 else (dx, dW)
+
+
+# ---- elementwise nonlinearities (kernels: relu/tanh/sigmoid/exp/log _forward and _backward) ----------------------------
+class ReLU(Function):
+    """y = max(x, 0);   dx = g [y > 0]   (the kink x = 0 gets gradient 0)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = kernels.active.relu_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return kernels.active.relu_backward(ctx.saved[0], g)
+
+
+class Tanh(Function):
+    """y = tanh(x);   dx = g (1 - y^2)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = kernels.active.tanh_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return kernels.active.tanh_backward(ctx.saved[0], g)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + e^-x);   dx = g y (1 - y)"""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = kernels.active.sigmoid_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return kernels.active.sigmoid_backward(ctx.saved[0], g)
+
+
+class Exp(Function):
+    """y = e^x;   dx = g y"""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = kernels.active.exp_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved[0]
+
+
+class Log(Function):
+    """y = log x;   dx = g / x"""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return kernels.active.log_forward(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / ctx.saved[0]
+
+
+# ---- reductions ------------------------------------------------------------------------------------------------------------
+def _expand(g, shape, axis, keepdims):
+    """Put the reduced axes back (size 1) so g broadcasts against the input shape."""
+    if axis is None:
+        return g.reshape((1,) * len(shape))
+    if not keepdims:
+        axes = sorted(a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,)))
+        for a in axes:
+            g = np.expand_dims(g, a)
+    return g
+
+
+class Sum(Function):
+    """y = sum of x over `axis`;   dx = g broadcast back over the summed axes"""
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.save_for_backward(x.shape, axis, keepdims)
+        return np.asarray(x.sum(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, axis, keepdims = ctx.saved
+        return np.broadcast_to(_expand(g, shape, axis, keepdims), shape).copy()
+
+
+class Mean(Function):
+    """y = mean of x over `axis` (n elements each);   dx = g / n broadcast back"""
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        y = np.asarray(x.mean(axis=axis, keepdims=keepdims))
+        ctx.save_for_backward(x.shape, axis, keepdims, x.size // max(y.size, 1))
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, axis, keepdims, n = ctx.saved
+        return np.broadcast_to(_expand(g, shape, axis, keepdims) / n, shape).copy()
+
+
+# ---- shapes -------------------------------------------------------------------------------------------------------------------
+class Reshape(Function):
+    """y = x viewed with a new shape;   dx = g reshaped back"""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.save_for_backward(x.shape)
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.saved[0])
+
+
+class Transpose(Function):
+    """y = x with axes permuted (reversed when axes is None);   dx = g with the inverse permutation"""
+
+    @staticmethod
+    def forward(ctx, x, axes=None):
+        axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
+        ctx.save_for_backward(np.argsort(axes))
+        return np.transpose(x, axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return np.transpose(g, ctx.saved[0])
+
+
+class Concat(Function):
+    """y = [x_1, x_2, ...] joined along `axis`;   dx_k = the slice of g that x_k filled"""
+
+    @staticmethod
+    def forward(ctx, *xs, axis=0):
+        ctx.save_for_backward(axis, np.cumsum([x.shape[axis] for x in xs])[:-1])
+        return np.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        axis, splits = ctx.saved
+        return tuple(np.split(g, splits, axis=axis))
+
+
+class GetItem(Function):
+    """y = x[index];   dx = zeros with g scattered back into the indexed places (repeated indices add up)"""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(x.shape, index)
+        return np.asarray(x[index])
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, index = ctx.saved
+        dx = np.zeros(shape, dtype=g.dtype)
+        parts = index if isinstance(index, tuple) else (index,)
+        if all(isinstance(p, _BASIC_INDEX) for p in parts):
+            dx[index] = g  # a basic index never repeats an element
+        else:
+            np.add.at(dx, index, g)
+        return dx
+
+
+# ---- losses ------------------------------------------------------------------------------------------------------------------
+def _check_finite_loss(op, loss, *inputs):
+    if not np.isfinite(loss):
+        bad = ", ".join(f"input {k}: {int(np.size(x) - np.isfinite(x).sum())} non-finite of {np.size(x)}"
+                        for k, x in enumerate(inputs))
+        raise FloatingPointError(
+            f"{op}: the loss is {float(loss)} ({bad}). NaN or inf reached the loss: a learning rate too high, a "
+            "log of a non-positive number, or bad input data. minidni.detect_anomaly() names the first op "
+            "that produced a non-finite value."
+        )
+
+
+class SoftmaxCrossEntropy(Function):
+    """loss = mean_n [ log sum_k exp(z_nk) - z_n,y_n ], fused and stable (shifted by the row max);
+    dz = g (softmax(z) - onehot(y)) / N"""
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        loss, probs = kernels.active.softmax_xent_forward(logits, labels)
+        _check_finite_loss("cross_entropy", loss, logits)
+        ctx.save_for_backward(probs, labels)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        probs, labels = ctx.saved
+        return kernels.active.softmax_xent_backward(probs, labels, g)
+
+
+class MSE(Function):
+    """loss = mean((a - b)^2) over all elements;   da = 2 g (a - b) / size,  db = -da"""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        loss = kernels.active.mse_forward(a, b)
+        _check_finite_loss("mse_loss", loss, a, b)
+        ctx.save_for_backward(a, b)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        da = kernels.active.mse_backward(a, b, g)
+        return da, (-da if ctx.needs_input_grad[1] else None)
+
+
+# ---- batch normalisation -----------------------------------------------------------------------------------------------------
+class BatchNorm(Function):
+    """Batch norm over axis 0 of (N, C) (Ioffe & Szegedy 2015).
+
+    training:  xhat = (x - mean_n x) / sqrt(var_n x + eps),  y = gamma xhat + beta
+               dx = gamma invstd / N (N g - sum_n g - xhat sum_n g xhat),  dgamma = sum_n g xhat,  dbeta = sum_n g
+               and running_mean/var (buffers, updated in place) move towards the batch statistics by `momentum`,
+               the variance with Bessel's correction N/(N-1) as PyTorch does.
+    eval:      y = gamma (x - running_mean) / sqrt(running_var + eps) + beta  -- an affine map of x.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+        eps = x.dtype.type(eps)
+        if training:
+            y, xhat, mu, var, invstd = kernels.active.batchnorm_train_forward(x, gamma, beta, eps)
+            if running_mean is not None:
+                n = x.shape[0]
+                running_mean *= 1 - momentum
+                running_mean += momentum * mu
+                running_var *= 1 - momentum
+                running_var += (momentum * n / max(n - 1, 1)) * var
+            ctx.save_for_backward(True, xhat, gamma, invstd)
+            return y
+        ctx.save_for_backward(False, x, gamma, running_mean, running_var, eps)
+        return kernels.active.batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps)
+
+    @staticmethod
+    def backward(ctx, g):
+        need = ctx.needs_input_grad
+        if ctx.saved[0]:
+            _, xhat, gamma, invstd = ctx.saved
+            return kernels.active.batchnorm_backward(g, xhat, gamma, invstd, need[0])
+        _, x, gamma, mean, var, eps = ctx.saved
+        invstd = 1 / np.sqrt(var + eps)
+        xhat = (x - mean) * invstd
+        return g * (gamma * invstd), (g * xhat).sum(axis=0), g.sum(axis=0)
+
+
+# ==== the public functional API ==================================================================================================
+def add(a, b):
+    a, b = _pair(a, b, "add")
+    _broadcast_shape("add", a, b)
+    return Add.apply(a, b)
+
+
+def sub(a, b):
+    a, b = _pair(a, b, "sub")
+    _broadcast_shape("sub", a, b)
+    return Sub.apply(a, b)
+
+
+def mul(a, b):
+    a, b = _pair(a, b, "mul")
+    _broadcast_shape("mul", a, b)
+    return Mul.apply(a, b)
+
+
+def div(a, b):
+    a, b = _pair(a, b, "div")
+    _broadcast_shape("div", a, b)
+    return Div.apply(a, b)
+
+
+def neg(x):
+    return Neg.apply(x)
+
+
+def astype(x, dtype):
+    dtype = np.dtype(dtype)
+    if dtype == x.dtype:
+        return x
+    if dtype.kind != "f":
+        raise TypeError(f"astype: a differentiable tensor converts between float dtypes only, not to {dtype}")
+    return AsType.apply(x, dtype=dtype)
+
+
+def _need_2d(op, name, t, dim):
+    if t.ndim != dim:
+        raise ValueError(f"{op}: {name} must be {dim}-D, got shape {t.shape}")
+
+
+def matmul(a, b):
+    a, b = _pair(a, b, "matmul")
+    _need_2d("matmul", "a", a, 2)
+    _need_2d("matmul", "b", b, 2)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: inner dimensions differ: a is {a.shape}, b is {b.shape} "
+                         f"({a.shape[1]} != {b.shape[0]})")
+    return MatMul.apply(a, b)
+
+
+def linear(x, W, b=None):
+    """y = x W + b for x (N, in), W (in, out), b (out,) or None."""
+    x, W = _pair(x, W, "linear")
+    _need_2d("linear", "x", x, 2)
+    _need_2d("linear", "W", W, 2)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"linear: x has {x.shape[1]} features (shape {x.shape}) but W expects {W.shape[0]} "
+                         f"(W has shape {W.shape}, stored as (in, out))")
+    if b is None:
+        return Linear.apply(x, W)
+    b = _as_tensor(b, W, "linear")
+    if b.shape != (W.shape[1],):
+        raise ValueError(f"linear: bias must have shape ({W.shape[1]},) to match W {W.shape}, got {b.shape}")
+    return Linear.apply(x, W, b)
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def sigmoid(x):
+    return Sigmoid.apply(x)
+
+
+def exp(x):
+    return Exp.apply(x)
+
+
+def log(x):
+    return Log.apply(x)
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy
+    return Sum.apply(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    return Mean.apply(x, axis=axis, keepdims=keepdims)
+
+
+def reshape(x, shape):
+    try:
+        x.data.reshape(shape)  # a view: checks the shape without copying
+    except ValueError:
+        raise ValueError(f"reshape: cannot reshape {x.shape} ({x.size} elements) into {tuple(shape)}") from None
+    return Reshape.apply(x, shape=tuple(shape))
+
+
+def transpose(x, axes=None):
+    return Transpose.apply(x, axes=axes)
+
+
+def concat(tensors, axis=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("concat: needs at least one tensor")
+    first = tensors[0] if isinstance(tensors[0], Tensor) else Tensor(tensors[0])
+    tensors = [_as_tensor(t, first, "concat") for t in tensors]
+    ax = axis % first.ndim
+    for k, t in enumerate(tensors):
+        if t.ndim != first.ndim or any(t.shape[i] != first.shape[i] for i in range(t.ndim) if i != ax):
+            raise ValueError(f"concat along axis {axis}: tensor {k} has shape {t.shape}, tensor 0 has {first.shape}; "
+                             "all dimensions but the concatenation axis must match")
+    return Concat.apply(*tensors, axis=ax)
+
+
+def getitem(x, index):
+    if isinstance(index, Tensor):
+        index = index.data
+    return GetItem.apply(x, index=index)
+
+
+def _labels(op, logits, labels):
+    labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{op}: labels must be integers (class indices), got dtype {labels.dtype}")
+    n, c = logits.shape
+    if labels.shape != (n,):
+        raise ValueError(f"{op}: expected one label per row of logits, i.e. shape ({n},); got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= c):
+        bad = labels[(labels < 0) | (labels >= c)]
+        raise ValueError(f"{op}: labels must lie in [0, {c - 1}] for {c} classes; found {bad[:5].tolist()}")
+    return labels.astype(np.int64, copy=False)
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C)."""
+    _need_2d("cross_entropy", "logits", logits, 2)
+    return SoftmaxCrossEntropy.apply(logits, labels=_labels("cross_entropy", logits, labels))
+
+
+def mse_loss(a, b):
+    """Mean squared error mean((a - b)^2) over all elements; a and b must have the same shape."""
+    a, b = _pair(a, b, "mse_loss")
+    if a.shape != b.shape:
+        raise ValueError(f"mse_loss: shapes must match exactly (no broadcasting in a loss): {a.shape} vs {b.shape}")
+    return MSE.apply(a, b)
+
+
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    """Batch normalisation of x (N, C) with scale gamma (C,) and shift beta (C,); see `BatchNorm`."""
+    _need_2d("batch_norm", "x", x, 2)
+    gamma = _as_tensor(gamma, x, "batch_norm")
+    beta = _as_tensor(beta, x, "batch_norm")
+    c = x.shape[1]
+    if gamma.shape != (c,) or beta.shape != (c,):
+        raise ValueError(f"batch_norm: x has {c} features; gamma {gamma.shape} and beta {beta.shape} must be ({c},)")
+    if training and x.shape[0] < 2:
+        raise ValueError(f"batch_norm: training needs a batch of at least 2 rows to compute statistics, got {x.shape}")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm: eval mode needs running_mean and running_var")
+    return BatchNorm.apply(x, gamma, beta, running_mean=running_mean, running_var=running_var,
+                           training=training, momentum=momentum, eps=eps)

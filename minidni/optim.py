@@ -1,0 +1,101 @@
+"""Optimizers: SGD with momentum, and Adam. Each update is one fused kernel per parameter (`kernels.*_step_`).
+
+    opt = Adam(model.parameters(), lr=1e-3)
+    loss.backward(); opt.step(); opt.zero_grad()
+
+`lr` is a plain attribute, so a schedule can change it between steps. `state_dict()` / `load_state_dict()` carry the
+step count and moment buffers, so a resumed run continues bit-identically. Jaderberg et al. 2016 train every
+feed-forward model (and the synthesizers) with Adam (Sec. 3.3, appendix A).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+
+
+class Optimizer:
+    def __init__(self, params, lr):
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        for k, p in enumerate(params):
+            if not getattr(p, "requires_grad", False):
+                raise TypeError(f"{type(self).__name__}: parameter {k} ({type(p).__name__}) does not require grad")
+            if not p.data.flags.c_contiguous:
+                raise ValueError(f"{type(self).__name__}: parameter {k} is not contiguous; updates are in place")
+        if lr < 0:
+            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
+        self.params, self.lr, self.t = params, lr, 0
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _buffers(self):
+        return {}
+
+    def state_dict(self):
+        state = {"t": np.asarray(self.t), "lr": np.asarray(self.lr)}
+        for name, bufs in self._buffers().items():
+            for k, b in enumerate(bufs):
+                state[f"{name}.{k}"] = b.copy()
+        return state
+
+    def load_state_dict(self, state):
+        self.t, self.lr = int(state["t"]), float(state["lr"])
+        for name, bufs in self._buffers().items():
+            for k, b in enumerate(bufs):
+                np.copyto(b, state[f"{name}.{k}"])
+
+
+class SGD(Optimizer):
+    """p -= lr * g, with optional momentum (buf = mu buf + g; step along buf, or g + mu buf for Nesterov)."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr)
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: nesterov=True needs momentum > 0")
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        self.buf = [np.zeros_like(p.data) for p in self.params]
+
+    def _buffers(self):
+        return {"buf": self.buf}
+
+    def step(self):
+        self.t += 1
+        for p, buf in zip(self.params, self.buf):
+            if p.grad is None:
+                continue
+            dt = p.data.dtype.type
+            kernels.active.sgd_step_(p.data, p.grad, buf, dt(self.lr), dt(self.momentum), dt(self.weight_decay),
+                                     self.nesterov)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) as PyTorch writes it; see kernels.reference.adam_step_ for the update."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+
+    def _buffers(self):
+        return {"m": self.m, "v": self.v}
+
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            dt = p.data.dtype.type
+            kernels.active.adam_step_(p.data, p.grad, m, v, dt(self.lr), dt(b1), dt(b2), dt(self.eps),
+                                      dt(bias1), dt(bias2), dt(self.weight_decay))
