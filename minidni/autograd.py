@@ -125,6 +125,8 @@ class Function:
         track = is_grad_enabled() and any(needs)
         ctx = Context(cls, inputs if track else (), tuple(needs))
         out = cls.forward(ctx, *arrays, **options)
+        if not isinstance(out, np.ndarray):  # numpy turns 0-d results into scalars: 2 * loss is a np.float64
+            out = np.asarray(out)
         if getattr(_state, "anomaly", False):
             _check_anomaly(cls, arrays, out)
         if not track:
@@ -195,6 +197,7 @@ def backward(root, grad=None, retain_graph=False, trace=None):
             raise RuntimeError(f"backward(grad): grad has shape {grad.shape}, the tensor has shape {root.shape}.")
 
     grads = {id(root): grad}
+    handed = {id(grad)}  # arrays that are, or may be, someone else's: never stored in .grad without a copy
     for node in _toposort(root):
         g = grads.pop(id(node), None)
         if g is None:
@@ -203,7 +206,16 @@ def backward(root, grad=None, retain_graph=False, trace=None):
             trace(node, g)
         ctx = node._ctx
         if ctx is None or node._retains_grad:  # a leaf, or asked to keep its grad
-            node.grad = g if node.grad is None else node.grad + g
+            # .grad must own its memory, so that an in-place edit of one .grad (clipping) reaches no other array.
+            # A fresh array that no other tensor got is taken as it is (no copy in the hot path); a view, or an
+            # array already handed out (a + b gives the same g to both), or one we pass on below, is copied.
+            if node.grad is not None:
+                node.grad = np.asarray(node.grad + g)
+            elif g.base is None and id(g) not in handed and ctx is None:
+                node.grad = g
+            else:
+                node.grad = g.copy()
+            handed.add(id(node.grad))
             if ctx is None:
                 continue
         if ctx.released:
@@ -218,9 +230,12 @@ def backward(root, grad=None, retain_graph=False, trace=None):
         for k, (inp, ig) in enumerate(zip(ctx.inputs, in_grads)):
             if ig is None or not inp.requires_grad:
                 continue
+            if isinstance(ig, np.generic):  # a 0-d result of numpy arithmetic (g * b for a scalar loss)
+                ig = np.asarray(ig)
             _check_grad(ctx, k, ig, inp)
             prev = grads.get(id(inp))
-            grads[id(inp)] = ig if prev is None else prev + ig  # out of place: ig may alias another array
+            # out of place: ig may alias another array; asarray keeps a 0-d sum an array
+            grads[id(inp)] = ig if prev is None else np.asarray(prev + ig)
         if not retain_graph:
             ctx.saved = ()
             ctx.released = True

@@ -324,8 +324,9 @@ class Transpose(Function):
     @staticmethod
     def forward(ctx, x, axes=None):
         axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
-        ctx.save_for_backward(np.argsort(axes))
-        return np.transpose(x, axes)
+        y = np.transpose(x, axes)  # validates axes first
+        ctx.save_for_backward(np.argsort([a % x.ndim for a in axes]))  # negative axes count from the end
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -614,10 +615,17 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
     beta = _as_tensor(beta, x, "batch_norm")
     c = x.shape[1]
     if gamma.shape != (c,) or beta.shape != (c,):
-        raise ValueError(f"batch_norm: x has {c} features; gamma {gamma.shape} and beta {beta.shape} must be ({c},)")
+        raise ValueError(f"batch_norm: x has shape {x.shape} ({c} features); gamma {gamma.shape} and beta "
+                         f"{beta.shape} must be ({c},)")
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        # updated in place and read by the kernels without bounds checks: shape and dtype must be exact
+        if stat is not None and (not isinstance(stat, np.ndarray) or stat.shape != (c,) or stat.dtype != x.dtype):
+            raise ValueError(f"batch_norm: {name} must be a {x.dtype} array of shape ({c},) for x of shape "
+                             f"{x.shape}; got {getattr(stat, 'dtype', type(stat).__name__)} "
+                             f"{getattr(stat, 'shape', '')}")
     if training and x.shape[0] < 2:
         raise ValueError(f"batch_norm: training needs a batch of at least 2 rows to compute statistics, got {x.shape}")
-    if not training and running_mean is None:
+    if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
     return BatchNorm.apply(x, gamma, beta, running_mean=running_mean, running_var=running_var,
                            training=training, momentum=momentum, eps=eps)
