@@ -30,6 +30,16 @@ def manual_seed(seed: int):
     _seed_rng = np.random.default_rng(seed)
 
 
+def get_rng_state():
+    """The state of the initialisation generator (a dict), for checkpoints."""
+    return _seed_rng.bit_generator.state
+
+
+def set_rng_state(state):
+    """Restore a state returned by get_rng_state()."""
+    _seed_rng.bit_generator.state = state
+
+
 def _rng(rng):
     if rng is None:
         return _seed_rng
@@ -280,3 +290,75 @@ def mlp(in_features, hidden, out_features, n_hidden, batch_norm=True, activation
         width = hidden
     layers.append(Linear(width, out_features, dtype=dtype, rng=r))
     return Sequential(*layers)
+
+
+# ---- convolutional layers (Jaderberg et al. 2016, Sec. 3.3 / appendix A: 5x5 convs of 128 filters with
+# resolution-preserving padding, batch norm, ReLU, max pooling; the conv synthesizer is a 5x5 "same" conv) -----------
+def _pair_of(v):
+    return (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+
+
+class Conv2d(Module):
+    """y = conv2d(x, W, b) for x (N, in_channels, H, W), W (out_channels, in_channels, KH, KW).
+
+    padding="same" (the default here) keeps H x W for odd kernels at stride 1. Initialised like PyTorch's nn.Conv2d:
+    W and b uniform in +-1/sqrt(fan_in), fan_in = in_channels * KH * KW.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding="same", bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        r = _rng(rng)
+        kh, kw = _pair_of(kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding = stride, padding
+        bound = 1.0 / np.sqrt(in_channels * kh * kw)
+        self.weight = Parameter(r.uniform(-bound, bound, (out_channels, in_channels, kh, kw)).astype(dtype))
+        self.bias = Parameter(r.uniform(-bound, bound, out_channels).astype(dtype)) if bias else None
+
+    def forward(self, x):
+        return ops.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self):
+        kh, kw = self.kernel_size
+        return (f"{self.in_channels} -> {self.out_channels}, kernel={kh}x{kw}, stride={self.stride}, "
+                f"padding={self.padding!r}, bias={self.bias is not None}")
+
+
+class MaxPool2d(Module):
+    """Max over kernel x kernel windows moved by `stride` (default: the kernel size)."""
+
+    def __init__(self, kernel_size=2, stride=None):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x):
+        return ops.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self):
+        return f"kernel={self.kernel_size}, stride={self.stride if self.stride is not None else self.kernel_size}"
+
+
+class BatchNorm2d(BatchNorm1d):
+    """Batch norm per channel of (N, C, H, W): statistics over the N*H*W values of each channel.
+
+    No new kernel: (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C) rows, the same batch_norm op as BatchNorm1d, and back.
+    The running variance uses N*H*W - 1 in Bessel's correction, as PyTorch's BatchNorm2d does.
+    """
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d({self.num_features}): expects x of shape (N, {self.num_features}, H, W), "
+                             f"got {x.shape}")
+        n, c, h, w = x.shape
+        rows = ops.reshape(ops.transpose(x, (0, 2, 3, 1)), (n * h * w, c))  # (N*H*W, C)
+        y = ops.batch_norm(rows, self.weight, self.bias, self.running_mean, self.running_var,
+                           training=self.training, momentum=self.momentum, eps=self.eps)
+        return ops.transpose(ops.reshape(y, (n, h, w, c)), (0, 3, 1, 2))  # (N, C, H, W)
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...)): the bridge from conv feature maps to a Linear layer."""
+
+    def forward(self, x):
+        return ops.reshape(x, (x.shape[0], -1))

@@ -1,0 +1,4 @@
+"""`python -m minidni ...` runs the `minidni` command."""
+from .cli import main
+
+raise SystemExit(main())
