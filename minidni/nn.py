@@ -146,6 +146,7 @@ class Module:
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict into {type(self).__name__}: missing keys {missing}, "
                            f"unexpected keys {unexpected}")
+        pairs = []
         for name, value in state.items():
             target = own[name].data if name in own else own_buffers.get(name)
             if target is None:
@@ -154,6 +155,8 @@ class Module:
             if value.shape != target.shape or value.dtype != target.dtype:
                 raise ValueError(f"load_state_dict: {name} has shape {target.shape} and dtype {target.dtype} here, "
                                  f"but the state holds shape {value.shape}, dtype {value.dtype}")
+            pairs.append((target, value))
+        for target, value in pairs:  # all checked first: a refused state leaves the module untouched
             np.copyto(target, value)
 
     def save(self, path):

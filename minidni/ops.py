@@ -51,6 +51,11 @@ def _as_tensor(x, like: Tensor, op: str) -> Tensor:
     return t
 
 
+def _one(x):
+    """A unary op's input: a Tensor, or anything Tensor() accepts (an array, a list, a number)."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
 def _pair(a, b, op):
     if isinstance(a, Tensor):
         return a, _as_tensor(b, a, op)
@@ -478,7 +483,7 @@ def div(a, b):
 
 
 def neg(x):
-    return Neg.apply(x)
+    return Neg.apply(_one(x))
 
 
 def astype(x, dtype):
@@ -522,34 +527,35 @@ def linear(x, W, b=None):
 
 
 def relu(x):
-    return ReLU.apply(x)
+    return ReLU.apply(_one(x))
 
 
 def tanh(x):
-    return Tanh.apply(x)
+    return Tanh.apply(_one(x))
 
 
 def sigmoid(x):
-    return Sigmoid.apply(x)
+    return Sigmoid.apply(_one(x))
 
 
 def exp(x):
-    return Exp.apply(x)
+    return Exp.apply(_one(x))
 
 
 def log(x):
-    return Log.apply(x)
+    return Log.apply(_one(x))
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy
-    return Sum.apply(x, axis=axis, keepdims=keepdims)
+    return Sum.apply(_one(x), axis=axis, keepdims=keepdims)
 
 
 def mean(x, axis=None, keepdims=False):
-    return Mean.apply(x, axis=axis, keepdims=keepdims)
+    return Mean.apply(_one(x), axis=axis, keepdims=keepdims)
 
 
 def reshape(x, shape):
+    x = _one(x)
     try:
         x.data.reshape(shape)  # a view: checks the shape without copying
     except ValueError:
@@ -558,7 +564,7 @@ def reshape(x, shape):
 
 
 def transpose(x, axes=None):
-    return Transpose.apply(x, axes=axes)
+    return Transpose.apply(_one(x), axes=axes)
 
 
 def concat(tensors, axis=0):
@@ -596,6 +602,7 @@ def _labels(op, logits, labels):
 
 def cross_entropy(logits, labels):
     """Mean softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C)."""
+    logits = _one(logits)
     _need_2d("cross_entropy", "logits", logits, 2)
     return SoftmaxCrossEntropy.apply(logits, labels=_labels("cross_entropy", logits, labels))
 
@@ -610,6 +617,7 @@ def mse_loss(a, b):
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
     """Batch normalisation of x (N, C) with scale gamma (C,) and shift beta (C,); see `BatchNorm`."""
+    x = _one(x)
     _need_2d("batch_norm", "x", x, 2)
     gamma = _as_tensor(gamma, x, "batch_norm")
     beta = _as_tensor(beta, x, "batch_norm")
@@ -629,3 +637,129 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
     return BatchNorm.apply(x, gamma, beta, running_mean=running_mean, running_var=running_var,
                            training=training, momentum=momentum, eps=eps)
+
+
+# ==== convolution and max pooling, NCHW (Jaderberg et al. 2016, Sec. 3.3 / appendix A: the CNN of 5x5 conv layers
+# with resolution-preserving padding, batch norm, ReLU and max pooling; the conv synthesizers are 5x5 convs too) ====
+class Conv2d(Function):
+    """2-D convolution (a cross-correlation, as in every deep-learning library) of x (N, C, H, W) with W (O, C, KH, KW),
+    stride (sh, sw) and zero padding (ph, pw):
+
+        y[n, o, i, j] = b[o] + sum_{c, p, q} W[o, c, p, q] xpad[n, c, i sh + p, j sw + q]
+
+        dW[o, c, p, q] = sum_{n, i, j} g[n, o, i, j] xpad[n, c, i sh + p, j sw + q]
+        db[o]          = sum_{n, i, j} g[n, o, i, j]
+        dxpad[n, c, i sh + p, j sw + q] += g[n, o, i, j] W[o, c, p, q]   (then the padding is cut off)
+
+    In matrix form (what the kernels compute), with cols = im2col(x) holding one receptive field per output pixel:
+    y = cols W^T + b,  dW = g^T cols,  dx = col2im(g W): a linear layer applied at every position.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b=None, stride=(1, 1), padding=(0, 0)):
+        ctx.save_for_backward(x, W, stride, padding)
+        return kernels.active.conv2d_forward(x, W, b, stride, padding)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W, stride, padding = ctx.saved
+        need = ctx.needs_input_grad
+        has_b = len(need) > 2
+        dx, dW, db = kernels.active.conv2d_backward(x, W, g, stride, padding, need[0], need[1], has_b and need[2])
+        return (dx, dW, db) if has_b else (dx, dW)
+
+
+class MaxPool2d(Function):
+    """Max pooling of x (N, C, H, W) over (kh, kw) windows moved by (sh, sw), no padding:
+
+        y[n, c, i, j] = max_{p, q} x[n, c, i sh + p, j sw + q]
+        dx[n, c, h, w] = sum of g[n, c, i, j] over the windows (i, j) whose max is x[n, c, h, w]
+
+    The max's position is kept from the forward pass (argmax, an index into the H x W plane); on a tie the first
+    maximum in row-major order takes the whole gradient (a subgradient, as in PyTorch).
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel=(2, 2), stride=(2, 2)):
+        y, argmax = kernels.active.maxpool2d_forward(x, kernel, stride)
+        ctx.save_for_backward(argmax, x.shape, kernel, stride)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        argmax, x_shape, kernel, stride = ctx.saved
+        return kernels.active.maxpool2d_backward(g, argmax, x_shape, kernel, stride)
+
+
+def _int_pair(op, name, value, minimum):
+    """1 -> (1, 1); (1, 2) -> (1, 2); anything else (or a value below `minimum`) is an error naming the op."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else value
+    ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum for v in pair)
+    if not ok:
+        raise ValueError(f"{op}: {name} must be an int >= {minimum} or a pair of them (height, width), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _need_float_nchw(op, x, what="x"):
+    if x.ndim != 4:
+        raise ValueError(f"{op}: {what} must be 4-D (N, C, H, W), got shape {x.shape}; "
+                         f"a single image needs a batch axis: x.reshape(1, C, H, W)")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: {what} must be float32 or float64, got {x.dtype}")
+
+
+def _check_window(op, x, k, stride, pad, kind):
+    """Every output needs a whole window inside the (padded) input."""
+    (h, w), (kh, kw) = x.shape[2:], k
+    if h + 2 * pad[0] < kh or w + 2 * pad[1] < kw:
+        padded = f" (padded by {pad} to {h + 2 * pad[0]}x{w + 2 * pad[1]})" if any(pad) else ""
+        raise ValueError(f"{op}: the {kh}x{kw} {kind} is larger than the {h}x{w} input{padded} of x {x.shape}; "
+                         f"use a smaller {kind}{', more padding' if kind == 'kernel' else ''} or a larger input")
+
+
+def conv2d(x, W, b=None, stride=1, padding=0):
+    """2-D convolution of x (N, C_in, H, W) with W (C_out, C_in, KH, KW) and optional bias b (C_out,); see `Conv2d`.
+
+    stride    an int or (sh, sw), >= 1
+    padding   an int or (ph, pw) of zeros on each side, or "same": (KH-1)/2, (KW-1)/2 so that the output keeps
+              H x W (odd kernels, stride 1 -- the paper's resolution-preserving 5x5 layers)
+    Output: (N, C_out, (H + 2 ph - KH) // sh + 1, (W + 2 pw - KW) // sw + 1).
+    """
+    x, W = _pair(x, W, "conv2d")
+    _need_float_nchw("conv2d", x)
+    if W.ndim != 4:
+        raise ValueError(f"conv2d: W must be 4-D (C_out, C_in, KH, KW), got shape {W.shape}")
+    o, c_in, kh, kw = W.shape
+    if x.shape[1] != c_in:
+        raise ValueError(f"conv2d: x has {x.shape[1]} channels (shape {x.shape}, NCHW) but W expects {c_in} input "
+                         f"channels (W has shape {W.shape} = (C_out, C_in, KH, KW))")
+    stride = _int_pair("conv2d", "stride", stride, 1)
+    if isinstance(padding, str):
+        if padding != "same":
+            raise ValueError(f"conv2d: padding must be an int, a pair or 'same', got {padding!r}")
+        if stride != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"conv2d: padding='same' needs stride 1 and an odd kernel, got stride {stride} and a "
+                             f"{kh}x{kw} kernel; give the padding as numbers instead")
+        padding = ((kh - 1) // 2, (kw - 1) // 2)
+    else:
+        padding = _int_pair("conv2d", "padding", padding, 0)
+    _check_window("conv2d", x, (kh, kw), stride, padding, "kernel")
+    if b is None:
+        return Conv2d.apply(x, W, stride=stride, padding=padding)
+    b = _as_tensor(b, W, "conv2d")
+    if b.shape != (o,):
+        raise ValueError(f"conv2d: bias must have shape ({o},), one per output channel of W {W.shape}; got {b.shape}")
+    return Conv2d.apply(x, W, b, stride=stride, padding=padding)
+
+
+def max_pool2d(x, kernel=2, stride=None):
+    """Max over (kh, kw) windows of x (N, C, H, W) moved by `stride` (default: the kernel, windows that do not
+    overlap), no padding; output (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). See `MaxPool2d`."""
+    if not isinstance(x, Tensor):
+        x = Tensor(x)
+    _need_float_nchw("max_pool2d", x)
+    kernel = _int_pair("max_pool2d", "kernel", kernel, 1)
+    stride = kernel if stride is None else _int_pair("max_pool2d", "stride", stride, 1)
+    _check_window("max_pool2d", x, kernel, (1, 1), (0, 0), "window")
+    return MaxPool2d.apply(x, kernel=kernel, stride=stride)

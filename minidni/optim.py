@@ -46,10 +46,20 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state):
+        own = {f"{name}.{k}": b for name, bufs in self._buffers().items() for k, b in enumerate(bufs)}
+        missing = [k for k in ["t", "lr", *own] if k not in state]
+        unexpected = [k for k in state if k not in own and k not in ("t", "lr")]
+        if missing or unexpected:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys "
+                           f"{unexpected} (a state from another optimizer, or for other parameters?)")
+        for key, b in own.items():  # np.copyto would broadcast or cast silently: check first, then copy
+            value = np.asarray(state[key])
+            if value.shape != b.shape or value.dtype != b.dtype:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key} has shape {b.shape} and dtype "
+                                 f"{b.dtype} here, but the state holds shape {value.shape}, dtype {value.dtype}")
         self.t, self.lr = int(state["t"]), float(state["lr"])
-        for name, bufs in self._buffers().items():
-            for k, b in enumerate(bufs):
-                np.copyto(b, state[f"{name}.{k}"])
+        for key, b in own.items():
+            np.copyto(b, state[key])
 
 
 class SGD(Optimizer):

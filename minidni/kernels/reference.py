@@ -62,6 +62,11 @@ def linear_forward(x, W, b):
     return y
 
 
+def sum_rows(g):
+    """out[j] = sum_n g[n, j]: the column sums of (N, C), e.g. the bias gradient db of a linear layer."""
+    return g.sum(axis=0)
+
+
 def linear_backward(x, W, g, need_x, need_W, need_b):
     """dx = g W^T,  dW = x^T g,  db = sum_n g[n]   (None for what is not needed)."""
     dx = g @ W.T if need_x else None
@@ -163,3 +168,105 @@ def sgd_step_(p, g, buf, lr, momentum, weight_decay, nesterov):
         buf += g
         g = g + momentum * buf if nesterov else buf
     p -= lr * g
+
+
+# ---- 2-D convolution, NCHW (Jaderberg et al. 2016, Sec. 3.3 / appendix A: the CNN and its conv synthesizers) -------
+# x (N, C, H, W), weights W (O, C, KH, KW), bias b (O,) or None; stride = (sh, sw), padding = (ph, pw) are pairs of
+# ints (ops.py turns 1 or "same" into pairs). Zero padding; the output has OH = (H + 2 ph - KH) // sh + 1 rows and
+# OW = (W + 2 pw - KW) // sw + 1 columns. As in every deep-learning library this is a cross-correlation (no flip):
+#     y[n, o, i, j] = b[o] + sum_{c, p, q} xpad[n, c, i sh + p, j sw + q] W[o, c, p, q]
+def _out_size(size, k, stride, pad):
+    """Number of positions of a window of k with the given stride over size + 2 pad (the floor, as PyTorch)."""
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _pad2d(x, padding):
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def _windows(x, kh, kw, stride):
+    """All (kh, kw) windows of x (N, C, H, W) at the given stride, as a view (N, C, OH, OW, kh, kw): no copy."""
+    sh, sw = stride
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _im2col(x, kh, kw, stride, padding):
+    """cols (N*OH*OW, C*KH*KW): row (n, i, j) holds the receptive field of output pixel (i, j) of image n."""
+    win = _windows(_pad2d(x, padding), kh, kw, stride)  # (N, C, OH, OW, KH, KW)
+    n, c, oh, ow = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw), (oh, ow)
+
+
+def conv2d_forward(x, W, b, stride, padding):
+    """y = im2col(x) W^T + b:  one row per output pixel times one column per filter, then back to NCHW.
+
+    x (N, C, H, W), W (O, C, KH, KW), b (O,) or None  ->  y (N, O, OH, OW), C-contiguous.
+    """
+    n = x.shape[0]
+    o, _, kh, kw = W.shape
+    cols, (oh, ow) = _im2col(x, kh, kw, stride, padding)  # (N*OH*OW, C*KH*KW)
+    y = cols @ W.reshape(o, -1).T  # (N*OH*OW, O)
+    if b is not None:
+        y += b
+    return np.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+
+
+def conv2d_backward(x, W, g, stride, padding, need_x, need_W, need_b):
+    """With cols = im2col(x) and G = g as rows (N*OH*OW, O):
+    dW = G^T cols,  db = sum of g over (n, i, j),  dx = col2im(G W): each row of G W is the gradient of one receptive
+    field; col2im adds it back into the (padded) input positions it was read from, then the padding is cut off.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = W.shape
+    oh, ow = g.shape[2], g.shape[3]
+    G = g.transpose(0, 2, 3, 1).reshape(n * oh * ow, o)  # (N*OH*OW, O)
+    db = g.sum(axis=(0, 2, 3)) if need_b else None
+    dW = None
+    if need_W:
+        cols, _ = _im2col(x, kh, kw, stride, padding)
+        dW = (G.T @ cols).reshape(W.shape)
+    dx = None
+    if need_x:
+        dcols = (G @ W.reshape(o, -1)).reshape(n, oh, ow, c, kh, kw)
+        (sh, sw), (ph, pw) = stride, padding
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        # col2im, one kernel offset at a time: tap (p, q) of window (i, j) read input pixel (i sh + p, j sw + q)
+        for p in range(kh):
+            for q in range(kw):
+                hs, ws = slice(p, p + sh * (oh - 1) + 1, sh), slice(q, q + sw * (ow - 1) + 1, sw)
+                dxp[:, :, hs, ws] += dcols[..., p, q].transpose(0, 3, 1, 2)  # (N, C, OH, OW)
+        dx = np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
+    return dx, dW, db
+
+
+# ---- 2-D max pooling, NCHW, no padding ------------------------------------------------------------------------------
+def maxpool2d_forward(x, kernel, stride):
+    """y[n, c, i, j] = max over the (kh, kw) window at (i sh, j sw) of x[n, c];  kernel = (kh, kw), stride = (sh, sw).
+
+    Returns y (N, C, OH, OW) and argmax (N, C, OH, OW) int64: where in the H x W plane of x[n, c] the max sits,
+    as the flat index h * W + w (PyTorch's `return_indices` convention). Ties go to the first maximum in row-major
+    order within the window (np.argmax's rule; a NaN counts as the maximum, so it propagates).
+    """
+    kh, kw = kernel
+    win = _windows(x, kh, kw, stride)  # (N, C, OH, OW, kh, kw)
+    n, c, oh, ow = win.shape[:4]
+    flat = win.reshape(n, c, oh, ow, kh * kw)
+    k = np.argmax(flat, axis=-1)  # position inside the window
+    y = np.take_along_axis(flat, k[..., None], axis=-1)[..., 0]
+    rows = np.arange(oh)[:, None] * stride[0] + k // kw  # (N, C, OH, OW) by broadcasting
+    cols = np.arange(ow) * stride[1] + k % kw
+    return np.ascontiguousarray(y), (rows * x.shape[3] + cols).astype(np.int64)
+
+
+def maxpool2d_backward(g, argmax, x_shape, kernel, stride):
+    """dx[n, c, argmax[n, c, i, j]] += g[n, c, i, j]: each output's gradient goes to the element that was the max
+    (added up when overlapping windows, stride < kernel, share a max); every other element gets 0."""
+    n, c, h, w = x_shape
+    expected = (n, c, _out_size(h, kernel[0], stride[0], 0), _out_size(w, kernel[1], stride[1], 0))
+    assert g.shape == expected == argmax.shape, (g.shape, argmax.shape, expected)
+    dx = np.zeros((n * c, h * w), dtype=g.dtype)
+    np.add.at(dx, (np.arange(n * c)[:, None], argmax.reshape(n * c, -1)), g.reshape(n * c, -1))
+    return dx.reshape(x_shape)

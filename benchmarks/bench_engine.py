@@ -1,0 +1,317 @@
+"""Engine benchmark: training steps per second of the paper's fully connected MNIST net on this machine.
+
+The net is Jaderberg et al. 2016's feed-forward MNIST model (Sec. 3.3, appendix A): 784 -> 256 x k -> 10, ReLU,
+optionally batch norm after every hidden linear layer, batch 256, Adam. We train it on random MNIST-shaped data with
+
+  minidni-numba   the engine on the Numba kernels (the default backend)
+  minidni-numpy   the engine on the NumPy reference kernels (MINIDNI_BACKEND=numpy)
+  numpy-loop      a plain hand-written NumPy forward/backward/Adam, no autodiff (what "no engine" costs)
+  torch / torch-fused   PyTorch CPU eager with its default Adam and with Adam(fused=True), if torch is installed
+
+Each engine runs in a worker process of its own (so no engine's thread pool -- OpenMP in PyTorch, OpenBLAS in NumPy
+-- spins against another's), and the workers are driven round-robin in the same run: each sample times
+`--steps-per-sample` steps of one engine while the others wait idle, after warm-up. We report the median steps/s and
+the ratio to PyTorch. The machine's float32 GEMM rate
+(NumPy, 2048^3) is the ceiling: napkin math gives each step's FLOPs (forward 2*B*in*out per layer, backward 2x that
+minus the input layer's dx), and the fraction of the ceiling a step achieves. JIT compile time (cold cache, then warm
+cache) is measured in fresh subprocesses.
+
+    python benchmarks/bench_engine.py                 # full run, writes benchmarks/results/engine-*.json
+    python benchmarks/bench_engine.py --quick         # fewer samples
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+B, D_IN, H, D_OUT = 256, 784, 256, 10
+
+
+# ---- napkin math ---------------------------------------------------------------------------------------------------------
+def step_flops(k):
+    """Matmul FLOPs of one training step: forward x W, backward dW = x^T g and dx = g W^T (not for the input layer)."""
+    dims = [D_IN] + [H] * k + [D_OUT]
+    fwd = sum(2 * B * a * b for a, b in zip(dims[:-1], dims[1:]))
+    dW = fwd
+    dx = fwd - 2 * B * dims[0] * dims[1]
+    return fwd + dW + dx
+
+
+def gemm_gflops(n=2048, reps=5):
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = a.copy()
+    c = np.empty_like(a)
+    np.matmul(a, b, out=c)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / np.median(times) / 1e9
+
+
+# ---- the engines: each returns a `step()` closure doing one full training step ------------------------------------------------
+def make_minidni(k, bn, backend, x, y):
+    import minidni as md
+    from minidni import nn, ops, optim
+
+    md.set_backend(backend)  # one engine per worker process
+    model = nn.mlp(D_IN, H, D_OUT, n_hidden=k, batch_norm=bn, rng=0)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    xt = md.Tensor(x)
+
+    def step():
+        loss = ops.cross_entropy(model(xt), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def make_numpy_loop(k, bn, x, y):
+    """Hand-written forward/backward with in-place NumPy Adam: the plainest possible training step."""
+    rng = np.random.default_rng(0)
+    dims = [D_IN] + [H] * k + [D_OUT]
+    Ws = [rng.uniform(-1, 1, (a, b)).astype(np.float32) / np.sqrt(a) for a, b in zip(dims[:-1], dims[1:])]
+    bs = [np.zeros(b, np.float32) for b in dims[1:]]
+    gammas = [np.ones(H, np.float32) for _ in range(k)]
+    betas = [np.zeros(H, np.float32) for _ in range(k)]
+    params = Ws + bs + (gammas + betas if bn else [])
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    t = [0]
+    onehot = np.eye(D_OUT, dtype=np.float32)[y]
+
+    def step():
+        acts, caches = [x], []
+        h = x
+        for i in range(k):
+            z = h @ Ws[i] + bs[i]
+            if bn:
+                mu = z.mean(0)
+                var = z.var(0)
+                inv = 1 / np.sqrt(var + 1e-5)
+                zh = (z - mu) * inv
+                caches.append((zh, inv))
+                z = zh * gammas[i] + betas[i]
+            h = np.maximum(z, 0)
+            acts.append(h)
+        logits = h @ Ws[k] + bs[k]
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / B
+        grads_W, grads_b, grads_gamma, grads_beta = [None] * (k + 1), [None] * (k + 1), [None] * k, [None] * k
+        for i in range(k, -1, -1):
+            grads_W[i] = acts[i].T @ g
+            grads_b[i] = g.sum(0)
+            if i == 0:
+                break
+            g = (g @ Ws[i].T) * (acts[i] > 0)
+            if bn:
+                zh, inv = caches[i - 1]
+                grads_beta[i - 1] = g.sum(0)
+                grads_gamma[i - 1] = (g * zh).sum(0)
+                g = (gammas[i - 1] * inv / B) * (B * g - grads_beta[i - 1] - zh * grads_gamma[i - 1])
+        grads = grads_W + grads_b + (grads_gamma + grads_beta if bn else [])
+        t[0] += 1
+        c1, c2 = 1 - 0.9 ** t[0], 1 - 0.999 ** t[0]
+        for p_, g_, m, v in zip(params, grads, ms, vs):
+            m *= 0.9
+            m += 0.1 * g_
+            v *= 0.999
+            v += 0.001 * g_ * g_
+            p_ -= (1e-3 / c1) * m / (np.sqrt(v / c2) + 1e-8)
+
+    return step
+
+
+def make_torch(k, bn, x, y, fused):
+    import torch
+
+    torch.manual_seed(0)
+    layers, width = [], D_IN
+    for _ in range(k):
+        layers.append(torch.nn.Linear(width, H, bias=not bn))
+        if bn:
+            layers.append(torch.nn.BatchNorm1d(H))
+        layers.append(torch.nn.ReLU())
+        width = H
+    layers.append(torch.nn.Linear(width, D_OUT))
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+# ---- measurement ----------------------------------------------------------------------------------------------------------------
+def make_engine(name, k, bn, x, y):
+    if name.startswith("minidni-"):
+        return make_minidni(k, bn, name.split("-", 1)[1], x, y)
+    if name == "numpy-loop":
+        return make_numpy_loop(k, bn, x, y)
+    return make_torch(k, bn, x, y, fused=name == "torch-fused")
+
+
+def worker():
+    """Worker process: build one engine, then answer 'n' on stdin with the seconds n steps took."""
+    name, k, bn = sys.stdin.readline().split()
+    if name.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+    rng = np.random.default_rng(0)
+    x = rng.random((B, D_IN), dtype=np.float32)
+    y = rng.integers(0, D_OUT, B)
+    step = make_engine(name, int(k), bn == "1", x, y)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        t = time.perf_counter()
+        for _ in range(n):
+            step()
+        print(time.perf_counter() - t, flush=True)
+
+
+def measure(names, k, bn, samples, steps_per_sample, warmup):
+    procs = {}
+    for name in names:
+        p = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        p.stdin.write(f"{name} {k} {int(bn)}\n")
+        p.stdin.flush()
+        procs[name] = p
+
+    def ask(p, n):
+        p.stdin.write(f"{n}\n")
+        p.stdin.flush()
+        return float(p.stdout.readline())
+
+    try:
+        for name, p in procs.items():
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"benchmark worker for {name} failed to start")
+            ask(p, warmup)
+        rates = {name: [] for name in names}
+        for _ in range(samples):
+            for name, p in procs.items():  # round-robin, so slow drifts of the machine hit every engine alike
+                rates[name].append(steps_per_sample / ask(p, steps_per_sample))
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
+    return {name: float(np.median(r)) for name, r in rates.items()}, rates
+
+
+_COLD_SNIPPET = """
+import time, numpy as np
+t0 = time.perf_counter()
+import minidni as md
+from minidni import nn, ops, optim
+t1 = time.perf_counter()
+x = np.random.default_rng(0).random((256, 784), dtype=np.float32); y = np.arange(256) % 10
+model = nn.mlp(784, 256, 10, n_hidden=5, batch_norm=True, rng=0); opt = optim.Adam(model.parameters())
+t2 = time.perf_counter()
+loss = ops.cross_entropy(model(md.Tensor(x)), y); loss.backward(); opt.step()
+t3 = time.perf_counter()
+print(t1 - t0, t3 - t2)
+"""
+
+
+def jit_times():
+    """First training step (JIT compile + run) in a fresh process with an empty cache, then with the cache warm."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, MINIDNI_BACKEND="numba")
+        out = {}
+        for label in ("cold", "warm"):
+            res = subprocess.run([sys.executable, "-c", _COLD_SNIPPET], env=env, capture_output=True, text=True,
+                                 check=True)
+            imp, first = map(float, res.stdout.split())
+            out[label] = {"import_s": imp, "first_step_s": first}
+        return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=18)
+    ap.add_argument("--steps-per-sample", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--layers", type=int, nargs="+", default=[2, 5], help="hidden layer counts k")
+    ap.add_argument("--quick", action="store_true", help="5 samples of 5 steps")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker()
+    if args.quick:
+        args.samples, args.steps_per_sample, args.warmup = 5, 5, 3
+
+    try:
+        import torch
+
+        have_torch = not args.no_torch
+    except ImportError:
+        torch, have_torch = None, False
+
+    import numba
+
+    ceiling = gemm_gflops()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}, "
+          f"numba {numba.__version__}, torch {torch.__version__ if torch else 'absent'}")
+    print(f"float32 GEMM ceiling (numpy, 2048^3): {ceiling:.1f} GFLOP/s")
+    jit = jit_times()
+    print(f"JIT: first step with a cold cache {jit['cold']['first_step_s']:.2f} s, warm cache "
+          f"{jit['warm']['first_step_s']:.2f} s (import {jit['warm']['import_s']:.2f} s)")
+
+    names = ["minidni-numba", "minidni-numpy", "numpy-loop"] + (["torch", "torch-fused"] if have_torch else [])
+    results = []
+    for k in args.layers:
+        for bn in (False, True):
+            med, raw = measure(names, k, bn, args.samples, args.steps_per_sample, args.warmup)
+            flops = step_flops(k)
+            print(f"\n784-256x{k}-10, batch norm {'on' if bn else 'off'}, batch {B}, Adam "
+                  f"({flops / 1e6:.0f} MFLOP/step; median of {args.samples} samples x {args.steps_per_sample} steps)")
+            print(f"  {'engine':<15}{'steps/s':>9}{'vs torch':>10}{'vs fused':>10}{'vs numpy':>10}{'% GEMM':>8}")
+            for name, rate in med.items():
+                vs = lambda ref: f"{rate / med[ref]:.2f}x" if ref in med else "-"  # noqa: E731
+                frac = rate * flops / (ceiling * 1e9)
+                print(f"  {name:<15}{rate:>9.1f}{vs('torch'):>10}{vs('torch-fused'):>10}{vs('minidni-numpy'):>10}"
+                      f"{100 * frac:>7.0f}%")
+                results.append({"hidden_layers": k, "batch_norm": bn, "engine": name, "steps_per_s": rate,
+                                "samples": raw[name], "gemm_fraction": frac, "mflop_per_step": flops / 1e6})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"engine-{platform.node() or 'host'}-{stamp}.json"
+    path.write_text(json.dumps({
+        "command": "python benchmarks/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cores": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version(),
+                    "numpy": np.__version__, "numba": numba.__version__,
+                    "torch": torch.__version__ if torch else None},
+        "gemm_gflops": ceiling, "jit": jit, "results": results}, indent=1))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
