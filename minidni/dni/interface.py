@@ -1,0 +1,107 @@
+"""The decoupled interface between module i and module i+1: synthesizer M_i, its optimizer, and the local updates
+(Jaderberg et al. 2016, Sec. 2; bootstrapping: Sec. 2.1-2.2; feed-forward use: Sec. 3.3).
+
+Module i never waits for the loss. As soon as it has its output h_i it asks M_i for g_hat_i and updates:
+
+    h_i = f_i(h_{i-1})                       the module's input h_{i-1} is a DETACHED leaf: its graph stays local
+    g_hat_i = M_i(h_i [, y])
+    h_i.backward(g_hat_i); optimizer_i.step()        backprop through module i only
+
+M_i learns to predict the gradient by regression on a target g_i (the synthetic gradient loss of Sec. 2):
+
+    L_M = ||g_hat_i - g_i||^2                we use ops.mse_loss, i.e. that sum divided by the B*D entries: a constant
+                                             factor, which Adam ignores (up to its eps); it only sets the logged units
+
+The target g_i is one of
+  * "true":       dL/dh_i by backprop from the loss through every module above (costly; for analysis),
+  * "bootstrap":  the paper's target (Sec. 2.1): the NEXT synthetic gradient carried back through module i+1,
+                  g_i = (d h_{i+1} / d h_i)^T g_hat_{i+1}. It is free: it is the gradient that arrives at module i+1's
+                  input leaf when module i+1 does its own update. The top module updates with the true loss, so
+                  the last synthesizer's target is the true gradient, and the truth seeps down one interface per
+                  step, like a temporal-difference target.
+
+The two functions at the bottom do the module updates; the runner (runner.py) calls them for each event.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..autograd import no_grad
+from ..tensor import Tensor
+from .synthesizer import Oracle
+
+
+class Interface:
+    """Synthesizer M_i between module i and module i+1, and the optimizer that trains it.
+
+    synthesizer   a Synthesizer (or an Oracle, which needs no optimizer)
+    optimizer     an optimizer over synthesizer.parameters() (None for an Oracle)
+    index         i, the module whose output h_i this interface sits on (for messages)
+    """
+
+    def __init__(self, synthesizer, optimizer=None, index=None):
+        if optimizer is None and not isinstance(synthesizer, Oracle):
+            raise ValueError(f"Interface {index}: a learned synthesizer needs an optimizer")
+        self.synthesizer, self.optimizer, self.index = synthesizer, optimizer, index
+
+    @property
+    def conditioned(self):
+        return bool(getattr(self.synthesizer, "conditioned", False))
+
+    @property
+    def learns(self):
+        return self.optimizer is not None
+
+    def synthetic_gradient(self, h, y=None):
+        """g_hat = M(h [, y]) as an array of h's shape; no graph is built."""
+        if isinstance(self.synthesizer, Oracle):  # it backprops through the modules above: needs grad mode on
+            g_hat = self.synthesizer(Tensor(h), y).data
+        else:
+            with no_grad():
+                g_hat = self.synthesizer(Tensor(h), y).data
+        assert g_hat.shape == h.shape, f"synthesizer {self.index}: g_hat {g_hat.shape} for h {h.shape}"
+        return g_hat
+
+    def train(self, h, y, target):
+        """One optimizer step on L_M = mean((M(h [, y]) - target)^2); returns L_M (0.0 for an Oracle)."""
+        if not self.learns:
+            return 0.0
+        g_hat = self.synthesizer(Tensor(h), y)                   # (B, D), at the synthesizer's current parameters
+        loss = ops.mse_loss(g_hat, Tensor(target))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def __repr__(self):
+        return f"Interface {self.index}: {self.synthesizer!r}"
+
+
+def update_from_gradient(module, optimizer, inp, out, grad):
+    """Backprop `grad` = dL/d(out) through this module only, step its optimizer; return dL/d(inp) (or None).
+
+    `inp` is the module's detached input leaf; its .grad after the backward pass is what this module would send down
+    to the module below -- a true gradient in locked backprop, the bootstrapped target in DNI.
+    """
+    module.zero_grad()
+    out.backward(grad)
+    optimizer.step()
+    return inp.grad if inp.requires_grad else None
+
+
+def update_from_loss(module, optimizer, inp, loss):
+    """The top module: backprop the real loss through it, step; return dL/d(inp), the true gradient of its input."""
+    module.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return inp.grad if inp.requires_grad else None
+
+
+def gradient_agreement(synthetic, true):
+    """How well g_hat matches g: cosine similarity and relative error ||g_hat - g|| / ||g|| (over the whole batch)."""
+    s, t = np.asarray(synthetic, dtype=np.float64).ravel(), np.asarray(true, dtype=np.float64).ravel()
+    ns, nt = np.linalg.norm(s), np.linalg.norm(t)
+    return {"cos": float(s @ t / (ns * nt)) if ns > 0 and nt > 0 else 0.0,
+            "rel_err": float(np.linalg.norm(s - t) / nt) if nt > 0 else float("inf"),
+            "norm_synthetic": float(ns), "norm_true": float(nt)}

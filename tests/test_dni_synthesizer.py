@@ -1,0 +1,141 @@
+"""Synthesizers and interfaces (Jaderberg et al. 2016, Sec. 2): zero start, conditioning, the synthetic-gradient loss,
+and a linear cDNI that learns an exact gradient (Czarnecki et al. 2017)."""
+
+import numpy as np
+import pytest
+
+from minidni import optim
+from minidni.dni import ConvSynthesizer, Interface, Oracle, Synthesizer, gradient_agreement, one_hot
+from minidni.tensor import Tensor
+
+
+def test_one_hot():
+    assert np.array_equal(one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        one_hot(np.array([3]), 3)
+
+
+@pytest.mark.parametrize("hidden", [(), (16, 16)])
+@pytest.mark.parametrize("n_classes", [None, 4])
+def test_synthesizer_starts_at_zero_and_has_the_shape_of_h(hidden, n_classes):
+    rng = np.random.default_rng(0)
+    synth = Synthesizer(8, n_classes=n_classes, hidden=hidden, rng=1)
+    h, y = rng.normal(size=(5, 8)).astype(np.float32), rng.integers(0, 4, 5)
+    g_hat = synth(Tensor(h), y)
+    assert g_hat.shape == h.shape and g_hat.dtype == np.float32
+    assert np.array_equal(g_hat.data, np.zeros_like(h))
+    assert synth.conditioned == (n_classes is not None)
+
+
+def test_synthesizer_repr_reads_like_the_architecture():
+    text = repr(Synthesizer(256, n_classes=10, hidden=(1024, 1024)))
+    assert "cDNI" in text and "1024 -> 1024" in text and "onehot(y) (10)" in text and "zero" in text
+    assert "linear" in repr(Synthesizer(256))
+
+
+def test_conditioned_synthesizer_needs_labels():
+    with pytest.raises(ValueError, match="conditioned"):
+        Synthesizer(3, n_classes=2)(Tensor(np.ones((2, 3), np.float32)))
+
+
+def test_output_scale_multiplies_the_prediction():
+    rng = np.random.default_rng(0)
+    a, b = Synthesizer(4, rng=3), Synthesizer(4, rng=3, scale=0.5)
+    for s in (a, b):
+        s.net[-1].weight.data[...] = np.arange(16, dtype=np.float32).reshape(4, 4)
+    h = rng.normal(size=(3, 4)).astype(np.float32)
+    assert np.allclose(b(Tensor(h)).data, 0.5 * a(Tensor(h)).data)
+
+
+def test_interface_trains_on_the_mean_squared_error():
+    """One SGD step by hand: L = mean((h W + b - g)^2) over B*D entries, dW = 2 h^T (g_hat - g) / (B D)."""
+    rng = np.random.default_rng(0)
+    synth = Synthesizer(3, dtype=np.float64, rng=0)
+    W0 = rng.normal(size=(3, 3))
+    synth.net[-1].weight.data[...] = W0
+    itf = Interface(synth, optim.SGD(synth.parameters(), lr=0.1))
+    h, g = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    loss = itf.train(h, None, g)
+    residual = h @ W0 - g
+    assert np.isclose(loss, (residual ** 2).mean(), rtol=1e-14)
+    assert np.allclose(synth.net[-1].weight.data, W0 - 0.1 * 2 * h.T @ residual / 12, rtol=1e-14)
+
+
+def test_oracle_needs_a_network_and_is_not_trained():
+    with pytest.raises(RuntimeError, match="not bound"):
+        Oracle()(Tensor(np.ones((2, 2))))
+    itf = Interface(Oracle(), None, 0)
+    assert not itf.learns and itf.train(np.ones((2, 2)), None, np.ones((2, 2))) == 0.0
+
+
+def test_gradient_agreement():
+    g = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert gradient_agreement(g, g)["cos"] == pytest.approx(1.0) and gradient_agreement(g, g)["rel_err"] == 0.0
+    zero = gradient_agreement(np.zeros_like(g), g)
+    assert zero["cos"] == 0.0 and zero["rel_err"] == 1.0
+    assert gradient_agreement(-g, g)["cos"] == pytest.approx(-1.0)
+
+
+def least_squares_gradient(h, y, V):
+    """dL/dh of L = 0.5 ||h V - onehot(y)||^2 / N, by the engine's own backward pass."""
+    ht = Tensor(h, requires_grad=True)
+    r = ht @ Tensor(V) - Tensor(one_hot(y, V.shape[1], np.float64))
+    ((r * r).sum() * (0.5 / len(h))).backward()
+    return ht.grad
+
+
+def test_linear_cdni_learns_the_exact_gradient_of_a_least_squares_top_layer():
+    """For L = 0.5 ||h V - Y||^2 / N the gradient dL/dh = (h V - Y) V^T / N = h (V V^T / N) + onehot(y) (-V^T / N)
+    is affine in (h, onehot(y)): a linear cDNI synthesizer can represent it exactly (Czarnecki et al. 2017), and
+    regression on it drives the error to round-off. Without the label it cannot: Y is invisible to M(h)."""
+    D, C, N = 6, 3, 32
+    rng = np.random.default_rng(0)
+    V = rng.normal(size=(D, C))
+    with_label = Synthesizer(D, n_classes=C, dtype=np.float64, rng=1)
+    without = Synthesizer(D, dtype=np.float64, rng=1)
+    conditioned = Interface(with_label, optim.SGD(with_label.parameters(), lr=1.0))
+    plain = Interface(without, optim.SGD(without.parameters(), lr=1.0))
+    for _ in range(600):
+        h, y = rng.normal(size=(N, D)), rng.integers(0, C, N)
+        g = least_squares_gradient(h, y, V)
+        assert np.allclose(g, (h @ V - one_hot(y, C, np.float64)) @ V.T / N)   # the formula above
+        conditioned.train(h, y, g)
+        plain.train(h, y, g)
+    h, y = rng.normal(size=(N, D)), rng.integers(0, C, N)
+    g = least_squares_gradient(h, y, V)
+    assert gradient_agreement(conditioned.synthetic_gradient(h, y), g)["rel_err"] < 1e-3
+    assert gradient_agreement(plain.synthetic_gradient(h, y), g)["rel_err"] > 0.1
+
+
+@pytest.mark.parametrize("n_classes", [None, 3])
+def test_conv_synthesizer_preserves_the_resolution_and_starts_at_zero(n_classes):
+    rng = np.random.default_rng(0)
+    synth = ConvSynthesizer(4, n_classes=n_classes, hidden=(6,), kernel_size=5, dtype=np.float64, rng=1)
+    h, y = rng.normal(size=(2, 4, 7, 7)), rng.integers(0, 3, 2)
+    g_hat = synth(Tensor(h), y)
+    assert g_hat.shape == h.shape and np.array_equal(g_hat.data, np.zeros_like(h))
+    assert ("cDNI" if n_classes else "DNI") in repr(synth) and "5x5" in repr(synth)
+    with pytest.raises(ValueError, match="odd"):
+        ConvSynthesizer(4, kernel_size=4)
+    with pytest.raises(ValueError, match="batch, 4, H, W"):
+        synth(Tensor(np.ones((2, 4), np.float64)), y)
+
+
+def test_conditioned_conv_synthesizer_sees_the_label_as_planes():
+    """A single 1x1 conv with weight 1 from label plane k to output channel 0 outputs [y == k] everywhere."""
+    synth = ConvSynthesizer(1, n_classes=3, kernel_size=1, dtype=np.float64)
+    synth.net[-1].weight.data[0, 1 + 2, 0, 0] = 1.0          # input channels: [h, class 0, class 1, class 2]
+    g_hat = synth(Tensor(np.zeros((3, 1, 2, 2))), np.array([2, 0, 2])).data
+    assert np.array_equal(g_hat[:, 0, 0, 0], [1.0, 0.0, 1.0]) and np.all(g_hat == g_hat[:, :, :1, :1])
+
+
+def test_conv_synthesizer_learns_a_local_linear_target():
+    """Target g = 0.5 * h with its two channels swapped: one 3x3 conv represents it exactly; regression gets close."""
+    rng = np.random.default_rng(0)
+    synth = ConvSynthesizer(2, kernel_size=3, dtype=np.float64, rng=0)
+    itf = Interface(synth, optim.Adam(synth.parameters(), lr=3e-2))
+    losses = []
+    for _ in range(150):
+        h = rng.normal(size=(4, 2, 5, 5))
+        losses.append(itf.train(h, None, 0.5 * h[:, ::-1]))      # channels swapped and halved
+    assert losses[-1] < 0.01 * losses[0]
