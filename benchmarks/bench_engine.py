@@ -10,7 +10,10 @@ optionally batch norm after every hidden linear layer, batch 256, Adam. We train
 
 Each engine runs in a worker process of its own (so no engine's thread pool -- OpenMP in PyTorch, OpenBLAS in NumPy
 -- spins against another's), and the workers are driven round-robin in the same run: each sample times
-`--steps-per-sample` steps of one engine while the others wait idle, after warm-up. We report the median steps/s and
+`--steps-per-sample` steps of one engine while the others wait idle, after warm-up and after a pause (`--settle`,
+0.3 s) that lets the previous engine's thread pool go to sleep: OpenBLAS and OpenMP threads busy-wait for a while
+after their last call, and on 2 cores a pool still spinning slows the next engine (PyTorch's default Adam, with many
+small parallel regions, lost 3x to it in our first runs). We report the median steps/s and
 the ratio to PyTorch. The machine's float32 GEMM rate
 (NumPy, 2048^3) is the ceiling: napkin math gives each step's FLOPs (forward 2*B*in*out per layer, backward 2x that
 minus the input layer's dx), and the fraction of the ceiling a step achieves. JIT compile time (cold cache, then warm
@@ -112,6 +115,7 @@ def make_numpy_loop(k, bn, x, y):
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(1, keepdims=True)
+        loss = -np.log(p[np.arange(B), y] + 1e-12).mean()
         g = (p - onehot) / B
         grads_W, grads_b, grads_gamma, grads_beta = [None] * (k + 1), [None] * (k + 1), [None] * k, [None] * k
         for i in range(k, -1, -1):
@@ -134,6 +138,7 @@ def make_numpy_loop(k, bn, x, y):
             v *= 0.999
             v += 0.001 * g_ * g_
             p_ -= (1e-3 / c1) * m / (np.sqrt(v / c2) + 1e-8)
+        return loss
 
     return step
 
@@ -193,7 +198,7 @@ def worker():
         print(time.perf_counter() - t, flush=True)
 
 
-def measure(names, k, bn, samples, steps_per_sample, warmup):
+def measure(names, k, bn, samples, steps_per_sample, warmup, settle):
     procs = {}
     for name in names:
         p = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -215,6 +220,7 @@ def measure(names, k, bn, samples, steps_per_sample, warmup):
         rates = {name: [] for name in names}
         for _ in range(samples):
             for name, p in procs.items():  # round-robin, so slow drifts of the machine hit every engine alike
+                time.sleep(settle)
                 rates[name].append(steps_per_sample / ask(p, steps_per_sample))
     finally:
         for p in procs.values():
@@ -257,6 +263,7 @@ def main(argv=None):
     ap.add_argument("--steps-per-sample", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 5], help="hidden layer counts k")
+    ap.add_argument("--settle", type=float, default=0.3, help="seconds of pause before each sample")
     ap.add_argument("--quick", action="store_true", help="5 samples of 5 steps")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -288,7 +295,7 @@ def main(argv=None):
     results = []
     for k in args.layers:
         for bn in (False, True):
-            med, raw = measure(names, k, bn, args.samples, args.steps_per_sample, args.warmup)
+            med, raw = measure(names, k, bn, args.samples, args.steps_per_sample, args.warmup, args.settle)
             flops = step_flops(k)
             print(f"\n784-256x{k}-10, batch norm {'on' if bn else 'off'}, batch {B}, Adam "
                   f"({flops / 1e6:.0f} MFLOP/step; median of {args.samples} samples x {args.steps_per_sample} steps)")

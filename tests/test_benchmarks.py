@@ -1,0 +1,48 @@
+"""Smoke tests of the benchmark scripts: they run end to end at a tiny size (speed is never asserted here)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_engine_runs_and_writes_json(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_engine.py"), "--layers", "2", "--samples", "2",
+           "--steps-per-sample", "2", "--warmup", "1", "--settle", "0", "--no-torch", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "GEMM ceiling" in res.stdout and "minidni-numba" in res.stdout
+    (path,) = tmp_path.glob("engine-*.json")
+    data = json.loads(path.read_text())
+    engines = {r["engine"] for r in data["results"]}
+    assert engines == {"minidni-numba", "minidni-numpy", "numpy-loop"}
+    assert all(r["steps_per_s"] > 0 for r in data["results"])
+
+
+def test_numpy_loop_baseline_trains():
+    """The hand-written NumPy baseline is real training: its loss falls on a fixed batch."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_engine
+    finally:
+        sys.path.pop(0)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.random((bench_engine.B, bench_engine.D_IN), dtype=np.float32)
+    y = rng.integers(0, 10, bench_engine.B)
+    for bn in (False, True):
+        step = bench_engine.make_numpy_loop(1, bn, x, y)
+        losses = [step() for _ in range(30)]
+        assert losses[-1] < 0.5 * losses[0], (bn, losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("script", ["bench_kernels.py"])
+def test_bench_kernels_validates_every_kernel(script):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "adam_step_" in res.stdout
