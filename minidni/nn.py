@@ -273,24 +273,33 @@ class Sequential(Module):
 _ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
 
-def mlp(in_features, hidden, out_features, n_hidden, batch_norm=True, activation="relu", dtype=np.float32, rng=None):
-    """A fully connected net: n_hidden x [Linear(hidden) -> BatchNorm1d -> activation], then Linear(out_features).
+def mlp(in_features, hidden, out_features, n_hidden=None, batch_norm=True, activation="relu", dtype=np.float32,
+        rng=None):
+    """A fully connected net: [Linear -> BatchNorm1d -> activation] per hidden layer, then Linear(out_features).
 
-    With batch norm the hidden Linear layers have no bias (batch norm's shift replaces it). Jaderberg et al. 2016 use
-    mlp(784, 256, 10, n_hidden=k) for the k+1 layer MNIST networks.
+    hidden is one width repeated n_hidden times (`mlp(784, 256, 10, n_hidden=3)`), or a sequence of widths
+    (`mlp(256, (1024, 1024), 256)`, a synthesizer's shape; leave n_hidden out). With batch norm the hidden Linear
+    layers have no bias (batch norm's shift replaces it). Jaderberg et al. 2016 use mlp(784, 256, 10, n_hidden=k)
+    for the k+1 layer MNIST networks.
     """
     if activation not in _ACTIVATIONS:
         raise ValueError(f"mlp: unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
-    if n_hidden < 0:
-        raise ValueError(f"mlp: n_hidden must be >= 0, got {n_hidden}")
+    if isinstance(hidden, (int, np.integer)):
+        if n_hidden is None or n_hidden < 0:
+            raise ValueError(f"mlp: with one hidden width, n_hidden must be an int >= 0, got {n_hidden}")
+        widths = [int(hidden)] * n_hidden
+    else:
+        if n_hidden is not None:
+            raise ValueError("mlp: give either a sequence of hidden widths or one width and n_hidden, not both")
+        widths = [int(w) for w in hidden]
     r = _rng(rng)
     layers, width = [], in_features
-    for _ in range(n_hidden):
-        layers.append(Linear(width, hidden, bias=not batch_norm, dtype=dtype, rng=r))
+    for w in widths:
+        layers.append(Linear(width, w, bias=not batch_norm, dtype=dtype, rng=r))
         if batch_norm:
-            layers.append(BatchNorm1d(hidden, dtype=dtype))
+            layers.append(BatchNorm1d(w, dtype=dtype))
         layers.append(_ACTIVATIONS[activation]())
-        width = hidden
+        width = w
     layers.append(Linear(width, out_features, dtype=dtype, rng=r))
     return Sequential(*layers)
 

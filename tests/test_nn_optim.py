@@ -343,3 +343,14 @@ def test_backends_agree_after_training_steps():
     a, b = _run("numba", 11, 5, dtype=np.float64), _run("numpy", 11, 5, dtype=np.float64)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+def test_mlp_takes_a_sequence_of_hidden_widths():
+    from minidni import nn
+
+    net = nn.mlp(6, (5, 4), 3, batch_norm=False, rng=0)
+    assert [p.shape for p in net.parameters()] == [(6, 5), (5,), (5, 4), (4,), (4, 3), (3,)]
+    with pytest.raises(ValueError, match="not both"):
+        nn.mlp(6, (5, 4), 3, n_hidden=2)
+    with pytest.raises(ValueError, match="n_hidden"):
+        nn.mlp(6, 5, 3)

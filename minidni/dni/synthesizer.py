@@ -60,18 +60,10 @@ class Synthesizer(nn.Module):
         self.dtype = np.dtype(dtype)
         r = nn._rng(rng)
         width = self.features + (self.n_classes or 0)        # input: [h, onehot(y)]
-        layers = []
-        for w in self.hidden:
-            layers.append(nn.Linear(width, w, bias=not batch_norm, dtype=dtype, rng=r))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(w, dtype=dtype))
-            layers.append(nn.ReLU())
-            width = w
-        out = nn.Linear(width, self.features, dtype=dtype, rng=r)
+        self.net = nn.mlp(width, self.hidden, self.features, batch_norm=batch_norm, dtype=dtype, rng=r)
+        out = self.net[-1]
         out.weight.data[...] = 0                           # g_hat = 0 at step 0
         out.bias.data[...] = 0
-        layers.append(out)
-        self.net = nn.Sequential(*layers)
 
     @property
     def conditioned(self):

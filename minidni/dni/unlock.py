@@ -30,15 +30,7 @@ class SyntheticInput(nn.Module):
         super().__init__()
         r = nn._rng(rng)
         self.in_features, self.features, self.hidden = int(in_features), int(features), tuple(hidden)
-        layers, width = [], self.in_features
-        for w in self.hidden:
-            layers.append(nn.Linear(width, w, bias=not batch_norm, dtype=dtype, rng=r))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(w, dtype=dtype))
-            layers.append(nn.ReLU())
-            width = w
-        layers.append(nn.Linear(width, self.features, dtype=dtype, rng=r))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.mlp(self.in_features, self.hidden, self.features, batch_norm=batch_norm, dtype=dtype, rng=r)
 
     def forward(self, x):
         return self.net(x.reshape(x.shape[0], -1) if x.ndim > 2 else x)
