@@ -286,7 +286,7 @@ def mlp(in_features, hidden, out_features, n_hidden=None, batch_norm=True, activ
         raise ValueError(f"mlp: unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
     if isinstance(hidden, (int, np.integer)):
         if n_hidden is None or n_hidden < 0:
-            raise ValueError(f"mlp: with one hidden width, n_hidden must be an int >= 0, got {n_hidden}")
+            raise ValueError(f"mlp: n_hidden must be >= 0 (an int, with one hidden width), got {n_hidden}")
         widths = [int(hidden)] * n_hidden
     else:
         if n_hidden is not None:
