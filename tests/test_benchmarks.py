@@ -46,3 +46,11 @@ def test_bench_kernels_validates_every_kernel(script):
                          timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "adam_step_" in res.stdout
+
+
+def test_bench_dni_help():
+    """bench_dni.py needs minutes even with --quick; here we only check it imports and parses its arguments."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dni.py"), "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "--quick" in res.stdout
