@@ -5,6 +5,7 @@
     minidni run mnist-fcn-bprop --layers 3 --out runs/bprop3
     minidni run mnist-fcn-bprop --out runs/bprop3 --resume --epochs 30     continue a run (here: for longer)
     minidni report runs/                                  the summary table of every run below runs/
+    minidni table mnist --layers 3 4 --epochs 20          Table 1's MNIST grid, run or collected, beside the paper
 
 Settings are applied in this order, later ones winning: the experiment's defaults, the saved config.toml of the run
 (with --resume), --config FILE, --set KEY=VALUE, then the named flags (--lr, --layers, ...). A wrong name or value
@@ -21,7 +22,7 @@ from . import __version__
 from .config import ConfigError, load_toml, override, parse_value, to_toml
 from .experiments import get, names
 from .results import format_report
-from .train import CHECKPOINT, CONFIG, CURVES, METRICS, SUMMARY
+from .train import CHECKPOINT, CONFIG, METRICS, SUMMARY
 
 # named flags -> config fields; each is applied only when given (default None)
 FLAGS = {
@@ -71,6 +72,27 @@ def build_parser():
 
     report = sub.add_parser("report", help="summary table of the runs in a folder (and its subfolders)")
     report.add_argument("dir", metavar="DIR", help="a run folder, or a folder holding run folders")
+
+    from .table import DATASETS, METHODS
+
+    table = sub.add_parser("table", help="run or collect the paper's MNIST FCN grid and print it beside Table 1",
+                           description="Each cell is a run of mnist-fcn-METHOD in DIR/METHOD-LAYERS/; finished runs "
+                                       "are reused, interrupted ones resumed. Writes DIR/table.json and table.md.")
+    table.add_argument("dataset", choices=DATASETS, metavar="DATASET", help="data set: " + ", ".join(DATASETS))
+    table.add_argument("--layers", type=int, nargs="+", default=[3, 4, 5, 6], metavar="N", help="layer counts (3..6)")
+    table.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="M",
+                       help="methods: " + ", ".join(METHODS))
+    table.add_argument("--out", metavar="DIR", help="folder of the grid's runs (default: runs/table-DATASET)")
+    mode = table.add_mutually_exclusive_group()
+    mode.add_argument("--run", dest="run", action="store_true", default=True,
+                      help="train the cells that have no result yet, then print (the default)")
+    mode.add_argument("--collect", dest="run", action="store_false", help="only read the runs that exist")
+    table.add_argument("--epochs", type=int, metavar="N", help="budget: N epochs per run (lr decay at 1/2 and 3/4)")
+    table.add_argument("--steps", type=int, metavar="N", help="budget: N steps per run (lr decay at 1/2 and 3/4)")
+    table.add_argument("--batch-size", type=int, metavar="N", help="examples per training step")
+    table.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="set a setting in every run that has it, e.g. --set synth_lr=1e-6")
+    table.add_argument("--verbose", action="store_true", help="show each run's progress")
     return parser
 
 
@@ -140,7 +162,8 @@ def cmd_run(args, parser):
                            if summary.get(f"{s}_error") is not None)
         print(f"{experiment.name}: {errors} after {summary['steps']} steps ({summary['epochs']:g} epochs) "
               f"in {summary['wall_time_s']:.1f} s on {summary['backend']}")
-        print(f"wrote {out}/: {SUMMARY}, {METRICS}, {CURVES}, {CONFIG}, {CHECKPOINT}")
+        files = sorted(set(summary.get("files", {}).values()) | {SUMMARY, CONFIG})
+        print(f"wrote {out}/: {', '.join(files)}")
     return 0
 
 
@@ -152,7 +175,15 @@ def cmd_report(args, parser):
     return 0
 
 
-COMMANDS = {"list": cmd_list, "show": cmd_show, "run": cmd_run, "report": cmd_report}
+def cmd_table(args, parser):
+    from .table import table
+
+    table(args.dataset, layers=args.layers, methods=args.methods, out=args.out, run=args.run, epochs=args.epochs,
+          steps=args.steps, batch_size=args.batch_size, sets=args.set, quiet=not args.verbose)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "show": cmd_show, "run": cmd_run, "report": cmd_report, "table": cmd_table}
 
 
 def main(argv=None):

@@ -54,4 +54,4 @@ def get(name) -> Experiment:
     return EXPERIMENTS[name]
 
 
-from . import mnist_fcn  # noqa: E402,F401  (registers its experiments)
+from . import feedforward, mnist_dni, mnist_fcn  # noqa: E402,F401  (register their experiments)

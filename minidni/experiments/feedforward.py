@@ -1,0 +1,335 @@
+"""The feed-forward experiments of Jaderberg et al. 2016, Sec. 3.3 (Table 1; networks in appendix A): MNIST and
+CIFAR-10, fully connected (FCN) and convolutional (CNN) nets, each trained four ways:
+
+    no-bprop   only the output layer learns; every layer below keeps its random initialisation ("No Bprop" column:
+               what the lower layers are worth when no learning signal reaches them)
+    bprop      ordinary backpropagation (the baseline; mnist-fcn-bprop lives in mnist_fcn.py)
+    dni        a synthesizer M_i(h_i) after every hidden layer; each layer updates with g_hat_i at once, and M_i
+               regresses on the bootstrapped target (the next layer's synthetic gradient carried back through it)
+    cdni       the same, with the label as an extra input: M_i(h_i, y) -- linear, which Sec. 3.3 found enough
+
+Every experiment is one registered recipe (`minidni list`). DNI runs also compare each g_hat_i with the true
+gradient dL/dh_i every `diagnose_every` steps (cosine similarity and relative error ||g_hat - g|| / ||g||); the records
+go into metrics.jsonl (split "synthetic_grad") and are drawn in synthetic_grad.png beside curves.png.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import nn
+from ..autograd import no_grad
+from ..config import ConfigError, TrainConfig, param
+from ..data import BatchIterator, load_cifar10, load_mnist
+from ..dni import DNINet, adam, mlp_modules
+from ..dni.schedules import TARGETS
+from ..dni.synthesizer import ConvSynthesizer, Synthesizer
+from ..optim import Adam
+from ..tensor import Tensor
+from ..train import METRICS, SUMMARY, Backprop, Trainer, count_correct
+from . import register
+from .mnist_fcn import MnistFcnConfig
+
+SYNTH_PLOT = "synthetic_grad.png"
+DIAGNOSTIC_SPLIT = "synthetic_grad"
+
+
+# ---- the no-bprop learner ----------------------------------------------------------------------------------------------
+class OutputLayerOnly(Backprop):
+    """Train only the last layer of `model` (an nn.Sequential); the layers below never update.
+
+    The features are computed under no_grad and handed to the output layer as a fresh leaf, so no gradient can reach
+    the lower layers, and the optimizer holds only the output layer's parameters. (Batch norm below still normalises
+    with the statistics of each batch and keeps running averages for evaluation, as in every other run: that is not
+    learning, there is no gradient step.)
+    """
+
+    def __init__(self, model, lr=1e-3):
+        self.features, self.head = model[:-1], model[-1]
+        super().__init__(model, Adam(self.head.parameters(), lr=lr))
+
+    def train_step(self, x, y):
+        self.model.train()
+        with no_grad():
+            h = self.features(Tensor(x)).data                 # (B, D): random, fixed features
+        logits = self.head(Tensor(h))                          # only this layer is in the graph
+        loss = self.loss(logits, y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "correct": count_correct(logits.data, y)}
+
+
+# ---- configs ---------------------------------------------------------------------------------------------------------
+@dataclass
+class DniFcnConfig(MnistFcnConfig):
+    # Synthesizers. The gradient a synthesizer predicts is tiny (dL/dh of a batch-mean loss is ~1e-4 per entry), so the
+    # synthesizer's learning rate sets how noisy g_hat is and wants to be far below the modules'. For DNI, 1e-4 beat
+    # 3e-4, 3e-5, 1e-5 and 1e-6 on validation (3 layers, 8-epoch runs); see docs/results-mnist.md.
+    synthesizer: str = param("linear", "synthesizer M: 'linear' (g_hat = h W + b) or 'mlp' (synth_hidden layers)",
+                             choices=("linear", "mlp"))
+    synth_hidden: tuple[int, ...] = param((1024, 1024), "hidden widths of an 'mlp' synthesizer (the paper: 2 x 1024)",
+                                          ge=1)
+    synth_lr: float = param(1e-4, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
+    synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y]): a fixed factor on the prediction", gt=0.0)
+    target: str = param("bootstrap", "what M_i regresses on: 'bootstrap' (the paper) or 'true' (analysis)",
+                        choices=TARGETS)
+    diagnose_every: int = param(50, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
+
+
+@dataclass
+class CdniFcnConfig(DniFcnConfig):
+    # Knowing the label, the conditioned synthesizer can fit the gradient closely, so a small learning rate pays: a
+    # quiet g_hat. On validation (3 and 6 layers, 8-epoch runs), 1e-5 beat 3e-5, 3e-6 and 1e-6 (and 1e-4, 1e-3 by far).
+    synth_lr: float = param(1e-5, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
+
+
+@dataclass
+class CnnConfig(TrainConfig):
+    """The paper's 3-layer CNN: two [5x5 conv (128, same padding) -> BatchNorm -> ReLU -> max-pool] blocks, then a
+    Linear layer to the classes. On two CPU cores one step at batch 32 takes seconds, so the default budget is tiny:
+    it shows the recipe runs end to end, not what it reaches (give --steps / --epochs for a real run)."""
+
+    channels: int = param(128, "filters per conv layer (the paper: 128)", ge=1)
+    kernel_size: int = param(5, "conv kernel size (odd; the paper: 5)", ge=1)
+    pool: int = param(2, "max-pool window and stride after each conv layer", ge=1)
+    batch_norm: bool = param(True, "batch norm after each conv layer")
+    validation: int = param(5000, "training images held out for validation (fixed split, seed 0)", ge=1, le=50000)
+    eval_subset: int = param(200, "evaluate on the first N validation / test images (0: all of them)", ge=0)
+    data_dir: str = param("", "folder with the data set files ('': the default place)")
+    steps: int = param(10, "train this many steps instead of `epochs` (0: use epochs)", ge=0)
+    batch_size: int = param(32, "examples per training step", ge=2)
+    checkpoint_every: int = param(0, "save checkpoint.npz every this many steps (0: only at the end and on Ctrl-C)",
+                                  ge=0)
+    log_every: int = param(2, "write a training record to metrics.jsonl every this many steps", ge=1)
+
+    def check(self):
+        super().check()
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"{type(self).__name__}.kernel_size must be odd (same padding); got {self.kernel_size}")
+
+
+@dataclass
+class DniCnnConfig(CnnConfig):
+    synth_hidden: tuple[int, ...] = param((), "channels of the conv synthesizer's hidden layers (): one 5x5 conv",
+                                          ge=1)
+    synth_lr: float = param(1e-4, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
+    synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y])", gt=0.0)
+    target: str = param("bootstrap", "what M_i regresses on: 'bootstrap' or 'true'", choices=TARGETS)
+    diagnose_every: int = param(5, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
+
+
+@dataclass
+class Cifar10FcnConfig(TrainConfig):
+    layers: int = param(3, "weight layers (3..6): layers - 1 hidden layers, then the output layer", ge=3, le=6)
+    hidden: int = param(1000, "units per hidden layer (the paper's CIFAR-10 FCN: 1000)", ge=1)
+    batch_norm: bool = param(True, "batch norm after each hidden Linear layer")
+    validation: int = param(5000, "training images held out for validation (fixed split, seed 0)", ge=1, le=49000)
+    data_dir: str = param("", "cifar-10-python.tar.gz, the cifar-10-batches-py folder, or a folder holding either "
+                              "('': $MINIDNI_DATA)")
+    epochs: int = param(20, "passes over the training set (used when steps = 0)", ge=0)
+
+
+@dataclass
+class DniCifar10FcnConfig(Cifar10FcnConfig):
+    synthesizer: str = param("linear", "synthesizer M: 'linear' or 'mlp'", choices=("linear", "mlp"))
+    synth_hidden: tuple[int, ...] = param((1024, 1024), "hidden widths of an 'mlp' synthesizer", ge=1)
+    synth_lr: float = param(1e-4, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
+    synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y])", gt=0.0)
+    target: str = param("bootstrap", "what M_i regresses on", choices=TARGETS)
+    diagnose_every: int = param(50, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+def load_data(dataset, config, images):
+    """(train, val, test) Splits of `dataset` ("mnist" | "cifar10"): images (N, C, H, W) when `images`, else rows."""
+    if dataset == "mnist":
+        data = load_mnist(config.data_dir or None, validation=config.validation, seed=0)
+        shape = (1, 28, 28)
+    else:
+        data = load_cifar10(config.data_dir or None, validation=config.validation, seed=0)
+        shape = (3, 32, 32)
+    splits = [data.train, data.val, data.test]
+    subset = getattr(config, "eval_subset", 0)
+    out = []
+    for k, s in enumerate(splits):
+        x, y = s.x, s.y
+        if k > 0 and subset:
+            x, y = x[:subset], y[:subset]
+        x = x.reshape(len(x), *shape) if images else x.reshape(len(x), -1)
+        out.append((np.ascontiguousarray(x), y))
+    return out
+
+
+# ---- networks --------------------------------------------------------------------------------------------------------
+def cnn_blocks(config, in_channels, size, n_classes=10, rng=None):
+    """[conv block 1, conv block 2, Flatten -> Linear]: the 3-layer CNN as three modules (the cut points of DNI)."""
+    blocks, c = [], in_channels
+    for _ in range(2):
+        layers = [nn.Conv2d(c, config.channels, config.kernel_size, padding="same", bias=not config.batch_norm,
+                            rng=rng)]
+        if config.batch_norm:
+            layers.append(nn.BatchNorm2d(config.channels))
+        layers += [nn.ReLU(), nn.MaxPool2d(config.pool)]
+        blocks.append(nn.Sequential(*layers))
+        c, size = config.channels, size // config.pool
+    blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(c * size * size, n_classes, rng=rng)))
+    return blocks
+
+
+def build_modules(arch, config, in_shape, rng):
+    """The network's modules (one per DNI cut) and, for the synthesizers, the width / channels of each cut."""
+    if arch == "fcn":
+        in_features = int(np.prod(in_shape))
+        modules = mlp_modules(in_features, config.hidden, 10, config.layers - 1, batch_norm=config.batch_norm,
+                              rng=rng)
+        return modules, [config.hidden] * (config.layers - 1)
+    modules = cnn_blocks(config, in_shape[0], in_shape[1], rng=rng)
+    return modules, [config.channels] * (len(modules) - 1)
+
+
+def build_synthesizers(arch, config, widths, conditioned, rng):
+    n_classes = 10 if conditioned else None
+    if arch == "fcn":
+        hidden = () if config.synthesizer == "linear" else config.synth_hidden
+        return [Synthesizer(w, n_classes, hidden=hidden, scale=config.synth_scale, rng=rng) for w in widths]
+    return [ConvSynthesizer(w, n_classes, hidden=config.synth_hidden, kernel_size=config.kernel_size,
+                            scale=config.synth_scale, rng=rng) for w in widths]
+
+
+def build_dni_net(arch, config, in_shape, conditioned, schedule=None, diagnose_every=None):
+    """A DNINet: the net cut after every hidden layer (FCN) or conv block (CNN), a synthesizer at each cut."""
+    rng = np.random.default_rng(config.seed)
+    modules, widths = build_modules(arch, config, in_shape, rng)
+    synths = build_synthesizers(arch, config, widths, conditioned, rng)
+    return DNINet(modules, synths, optimizer=adam(config.lr), synth_optimizer=adam(config.synth_lr),
+                  target=config.target, schedule=schedule,
+                  diagnose_every=config.diagnose_every if diagnose_every is None else diagnose_every)
+
+
+def build_learner(method, arch, config, in_shape, schedule=None):
+    """The learner the Trainer drives for `method` in no-bprop | bprop | dni | cdni."""
+    if method in ("dni", "cdni"):
+        return build_dni_net(arch, config, in_shape, conditioned=(method == "cdni"), schedule=schedule)
+    rng = np.random.default_rng(config.seed)
+    model = nn.Sequential(*[layer for m in build_modules(arch, config, in_shape, rng)[0] for layer in m])
+    if method == "no-bprop":
+        return OutputLayerOnly(model, lr=config.lr)
+    return Backprop(model, Adam(model.parameters(), lr=config.lr))
+
+
+# ---- synthetic-gradient diagnostics ----------------------------------------------------------------------------------
+def diagnostics_hook(trainer):
+    """Trainer hook: move the DNINet's new diagnostic records (g_hat vs the true gradient) into metrics.jsonl."""
+    records = getattr(trainer.learner, "diagnostics", None)
+    if not records:
+        return
+    with open(trainer.out_dir / METRICS, "a") as fh:
+        for r in records:
+            step = r["batch"] + 1                              # batch b is the (b+1)-th update
+            rec = {"step": step, "epoch": round(step / trainer.steps_per_epoch, 4), "split": DIAGNOSTIC_SPLIT,
+                   "module": r["module"], "cos": r["cos"], "rel_err": r["rel_err"],
+                   "norm_synthetic": r["norm_synthetic"], "norm_true": r["norm_true"]}
+            trainer.records.append(rec)
+            fh.write(json.dumps(rec) + "\n")
+    records.clear()
+
+
+def plot_synthetic_gradients(records, path, title=""):
+    """Cosine similarity (left) and relative error (right, log scale) of g_hat_i against dL/dh_i, per module."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in records if r.get("split") == DIAGNOSTIC_SPLIT]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_cos, ax_err = fig.subplots(1, 2)
+    for m in sorted({r["module"] for r in rows}):
+        mine = [r for r in rows if r["module"] == m]
+        steps = [r["step"] for r in mine]
+        ax_cos.plot(steps, [r["cos"] for r in mine], label=f"M_{m} (after layer {m + 1})")
+        ax_err.plot(steps, [max(r["rel_err"], 1e-3) for r in mine], label=f"M_{m}")
+    ax_cos.set(xlabel="step", ylabel="cos(g_hat, g)", title="cosine similarity to the true gradient", ylim=(-0.1, 1.0))
+    ax_err.set(xlabel="step", ylabel="||g_hat - g|| / ||g||", title="relative error", yscale="log")
+    for ax in (ax_cos, ax_err):
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def synthetic_grad_summary(records):
+    """{module: {cos, rel_err}} averaged over the last 5 diagnostics of each module (end-of-training agreement)."""
+    rows = [r for r in records if r.get("split") == DIAGNOSTIC_SPLIT]
+    out = {}
+    for m in sorted({r["module"] for r in rows}):
+        last = [r for r in rows if r["module"] == m][-5:]
+        out[str(m)] = {"cos": round(float(np.mean([r["cos"] for r in last])), 4),
+                       "rel_err": round(float(np.mean([r["rel_err"] for r in last])), 4)}
+    return out
+
+
+def add_to_summary(out_dir, **extra):
+    """Merge `extra` into out_dir/summary.json; return the merged summary."""
+    path = Path(out_dir) / SUMMARY
+    summary = json.loads(path.read_text())
+    summary.update(extra)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ---- the generic recipe ----------------------------------------------------------------------------------------------
+def train(name, dataset, arch, method, config, out_dir, *, resume=False, quiet=False, hooks=(), schedule=None,
+          learner=None):
+    """Build data and learner, train with the Trainer, add the synthetic-gradient plot and numbers for DNI runs."""
+    train_split, val, test = load_data(dataset, config, images=(arch == "cnn"))
+    in_shape = train_split[0].shape[1:]
+    learner = learner or build_learner(method, arch, config, in_shape, schedule=schedule)
+    batches = BatchIterator(*train_split, config.batch_size, seed=config.seed, drop_last=True)
+    is_dni = isinstance(learner, DNINet)
+    trainer = Trainer(learner, batches, config, out_dir, val=val, test=test, experiment=name, quiet=quiet,
+                      hooks=([diagnostics_hook] if is_dni else []) + list(hooks))
+    summary = trainer.fit(resume=resume)
+    extra = {"method": method, "dataset": dataset, "arch": arch}
+    if is_dni and any(r.get("split") == DIAGNOSTIC_SPLIT for r in trainer.records):
+        plot_synthetic_gradients(trainer.records, Path(out_dir) / SYNTH_PLOT, title=f"{name}: g_hat vs dL/dh")
+        extra["synthetic_grad"] = synthetic_grad_summary(trainer.records)
+        extra["files"] = {**summary["files"], "synthetic_grad": SYNTH_PLOT}
+    summary = add_to_summary(out_dir, **extra)
+    return summary
+
+
+def _register(dataset, arch, method, config_cls, description):
+    name = f"{dataset}-{arch}-{method}"
+
+    @register(name, description, config_cls)
+    def run(config, out_dir, *, resume=False, quiet=False, hooks=()):
+        return train(name, dataset, arch, method, config, out_dir, resume=resume, quiet=quiet, hooks=hooks)
+
+    return run
+
+
+_WHAT = {"no-bprop": "only the output layer learns (the lower layers stay random)",
+         "bprop": "trained by backprop",
+         "dni": "DNI after every layer (bootstrapped synthetic gradients)",
+         "cdni": "cDNI after every layer (linear synthesizers conditioned on the label)"}
+
+# MNIST FCN (mnist-fcn-bprop is registered by mnist_fcn.py)
+_register("mnist", "fcn", "no-bprop", MnistFcnConfig, "MNIST FCN (Table 1): " + _WHAT["no-bprop"])
+_register("mnist", "fcn", "dni", DniFcnConfig, "MNIST FCN (Table 1): " + _WHAT["dni"])
+_register("mnist", "fcn", "cdni", CdniFcnConfig, "MNIST FCN (Table 1): " + _WHAT["cdni"])
+# MNIST and CIFAR-10 CNN
+for _method in ("no-bprop", "bprop", "dni", "cdni"):
+    _register("mnist", "cnn", _method, DniCnnConfig if "dni" in _method else CnnConfig,
+              "MNIST 3-layer CNN (Table 1): " + _WHAT[_method] + "; tiny default budget")
+for _method in ("bprop", "dni", "cdni"):
+    _register("cifar10", "fcn", _method, DniCifar10FcnConfig if "dni" in _method else Cifar10FcnConfig,
+              "CIFAR-10 FCN (Table 1; needs --data-dir): " + _WHAT[_method])
+    _register("cifar10", "cnn", _method, DniCnnConfig if "dni" in _method else CnnConfig,
+              "CIFAR-10 3-layer CNN (Table 1; needs --data-dir): " + _WHAT[_method] + "; tiny default budget")

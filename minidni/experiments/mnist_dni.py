@@ -1,0 +1,325 @@
+"""MNIST DNI experiments beyond Table 1's grid (Jaderberg et al. 2016, Sec. 3.3-3.4), and the side-by-side comparison:
+
+    mnist-dni-compare   backprop vs DNI vs cDNI on the 3-layer FCN at a small budget: one plot of their validation
+                        error curves on the same axes, and comparison.json (the README's main job)
+    mnist-async         cDNI with stochastic updates: each layer updates on a batch only with probability p
+                        (Sec. 3.3, "asynchronous"); one run per p, results side by side
+    mnist-pipeline      the pipelined schedule (layer i works on batch t while layer i+1 works on batch t-1), run with
+                        dni.Runner or dni.ConcurrentRunner -- the Trainer feeds one batch at a time, so this recipe
+                        drives the runner itself and writes the same metrics.jsonl / summary.json / curves.png
+    mnist-unlock        complete unlock (Sec. 2.3, 3.4): synthetic inputs I_j(x) as well as synthetic gradients, so
+                        every layer processes batch b at the same tick
+
+Composite recipes (compare, async) put each run in a subfolder and write comparison.json + comparison.png beside them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import kernels
+from ..config import ConfigError, param, to_toml
+from ..dni import ConcurrentRunner, Runner, Trace, add_synthetic_inputs, draw_timeline
+from ..dni.schedules import pipelined, stochastic
+from ..dni.trace import Span
+from ..dni.unlock import unlocked
+from ..results import plot_curves
+from ..train import CONFIG, CURVES, METRICS, SUMMARY, step_lr, versions
+from . import get, register
+from .feedforward import (DIAGNOSTIC_SPLIT, SYNTH_PLOT, CdniFcnConfig, add_to_summary, build_dni_net, load_data,
+                          plot_synthetic_gradients, synthetic_grad_summary, train)
+from .mnist_fcn import MnistFcnConfig
+
+COMPARISON_JSON = "comparison.json"
+COMPARISON_PNG = "comparison.png"
+TIMELINE = "timeline.png"                    # the run, by wall-clock time (a window of its Trace)
+SCHEDULE_TIMELINE = "timeline_schedule.png"  # the schedule, by tick
+
+
+# ---- running several experiments and comparing them ----------------------------------------------------------------
+def run_many(runs, out_dir, *, resume=False, quiet=False):
+    """runs: list of (label, experiment name, config). Each trains into out_dir/label (resuming a finished or
+    interrupted one when `resume`); returns {label: summary}."""
+    out = {}
+    for label, name, cfg in runs:
+        sub = Path(out_dir) / label
+        if resume and (sub / SUMMARY).is_file():
+            out[label] = json.loads((sub / SUMMARY).read_text())
+            continue
+        if not quiet:
+            print(f"== {label}: {name} -> {sub}", flush=True)
+        again = resume and (sub / "checkpoint.npz").is_file()
+        out[label] = get(name).run(cfg, sub, resume=again, quiet=quiet)
+    return out
+
+
+def plot_comparison(curves, path, title="", ylabel="validation error (%)"):
+    """curves: {label: [(step, error in %), ...]} drawn on one axes (log scale)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, points in curves.items():
+        if points:
+            ax.plot(*zip(*points), marker=".", label=label)
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def val_curve(folder):
+    """[(step, val error %)] of a run folder's metrics.jsonl."""
+    path = Path(folder) / METRICS
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["step"], 100 * (1 - r["accuracy"])) for r in rows if r["split"] == "val"]
+
+
+def write_comparison(name, out_dir, summaries, config, title, wall_s):
+    """comparison.json, comparison.png and a summary.json for a composite run; returns that summary."""
+    out_dir = Path(out_dir)
+    rows = {label: {k: s.get(k) for k in ("experiment", "val_error", "test_error", "best_val_error", "steps",
+                                          "epochs", "wall_time_s", "synthetic_grad")}
+            for label, s in summaries.items()}
+    (out_dir / COMPARISON_JSON).write_text(json.dumps({"experiment": name, "runs": rows}, indent=2) + "\n")
+    plot_comparison({label: val_curve(out_dir / label) for label in summaries}, out_dir / COMPARISON_PNG, title)
+    first = next(iter(summaries.values()))
+    summary = {"experiment": name, "status": "finished", "runs": rows, "steps": first["steps"],
+               "epochs": first["epochs"], "val_error": None, "test_error": None, "wall_time_s": round(wall_s, 2),
+               "backend": first["backend"], "config": config.to_dict(), "versions": versions(),
+               "files": {"comparison": COMPARISON_JSON, "plot": COMPARISON_PNG}}
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / CONFIG).write_text(to_toml(config, header=f"{name}: the settings of this run"))
+    return summary
+
+
+def print_comparison(summary):
+    for label, r in summary["runs"].items():
+        test = "-" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
+        val = "-" if r["val_error"] is None else f"{100 * r['val_error']:.2f}%"
+        print(f"  {label:<12} val error {val:>7}  test error {test:>7}  ({r['wall_time_s']:.1f} s)")
+
+
+# ---- mnist-dni-compare -----------------------------------------------------------------------------------------------
+@dataclass
+class CompareConfig(MnistFcnConfig):
+    # A small budget (about a minute on two cores): 5 epochs, lr / 10 after epochs 3 and 4. The synthesizer settings
+    # are each experiment's defaults (see `minidni show mnist-fcn-dni`).
+    methods: tuple[str, ...] = param(("bprop", "dni", "cdni"), "which of mnist-fcn-{no-bprop,bprop,dni,cdni} to run",
+                                     choices=("no-bprop", "bprop", "dni", "cdni"))
+    epochs: int = param(5, "passes over the training set (used when steps = 0)", ge=0)
+    lr_milestones: tuple[int, ...] = param((642, 856), "steps at which lr is decayed (used when lr_decay_every = 0)",
+                                           ge=1)
+    eval_every: int = param(107, "evaluate on validation every this many steps (0: at the end of each epoch)", ge=0)
+    diagnose_every: int = param(25, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
+
+
+def sub_config(name, config, **values):
+    """`config`'s settings that experiment `name` knows, as that experiment's config (plus `values`)."""
+    cls = get(name).config
+    known = {k: v for k, v in config.to_dict().items() if k in cls.__dataclass_fields__}
+    known.update(values)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+
+
+@register("mnist-dni-compare", "backprop vs DNI vs cDNI on the 3-layer MNIST FCN at a small budget: one plot, "
+                               "one JSON", CompareConfig)
+def run_compare(config, out_dir, *, resume=False, quiet=False, hooks=()):
+    t0 = time.perf_counter()
+    runs = [(m, f"mnist-fcn-{m}", sub_config(f"mnist-fcn-{m}", config)) for m in config.methods]
+    summaries = run_many(runs, out_dir, resume=resume, quiet=True)
+    summary = write_comparison("mnist-dni-compare", out_dir, summaries, config,
+                               f"MNIST FCN, {config.layers} layers, {config.epochs} epochs: validation error",
+                               time.perf_counter() - t0)
+    if not quiet:
+        print_comparison(summary)
+    return summary
+
+
+# ---- mnist-async -----------------------------------------------------------------------------------------------------
+@dataclass
+class AsyncConfig(CdniFcnConfig):
+    p_updates: tuple[float, ...] = param((1.0, 0.5, 0.2), "probabilities of a layer updating on a batch; one run "
+                                                          "each", gt=0.0, le=1.0)
+
+
+@register("mnist-async", "MNIST FCN, cDNI with stochastic updates (each layer updates with probability p): one run "
+                         "per p, side by side", AsyncConfig)
+def run_async(config, out_dir, *, resume=False, quiet=False, hooks=()):
+    t0 = time.perf_counter()
+    summaries = {}
+    for p in config.p_updates:
+        label = f"p{p:g}"
+        sub = Path(out_dir) / label
+        if resume and (sub / SUMMARY).is_file():
+            summaries[label] = json.loads((sub / SUMMARY).read_text())
+            continue
+        if not quiet:
+            print(f"== p_update = {p:g} -> {sub}", flush=True)
+        summaries[label] = train("mnist-async", "mnist", "fcn", "cdni", config, sub, quiet=True,
+                                 schedule=stochastic(p, seed=config.seed),
+                                 resume=resume and (sub / "checkpoint.npz").is_file())
+        summaries[label] = add_to_summary(sub, p_update=p)
+    summary = write_comparison("mnist-async", out_dir, summaries, config,
+                               f"MNIST FCN {config.layers} layers, cDNI, stochastic updates: validation error",
+                               time.perf_counter() - t0)
+    if not quiet:
+        print_comparison(summary)
+    return summary
+
+
+# ---- mnist-pipeline --------------------------------------------------------------------------------------------------
+@dataclass
+class PipelineConfig(CdniFcnConfig):
+    conditioned: bool = param(True, "cDNI synthesizers (the label as input)")
+    runner: str = param("sequential", "'sequential' (dni.Runner, with diagnostics) or 'concurrent' "
+                                      "(dni.ConcurrentRunner: a worker thread per layer, no diagnostics)",
+                        choices=("sequential", "concurrent"))
+    timeline_batches: int = param(6, "draw this many batches of the run (from batch 20 on) in timeline.png", ge=1)
+
+
+def record(split, step, steps_per_epoch, loss, accuracy, lr, wall, **extra):
+    return {"step": step, "epoch": round(step / steps_per_epoch, 4), "split": split, "loss": loss,
+            "accuracy": accuracy, "lr": lr, "wall_time_s": round(wall, 3), **extra}
+
+
+def draw_trace_window(trace, n_batches, n_modules, path, title, skip=20):
+    """timeline.png: the spans of n_batches batches of a run's Trace, by wall-clock time, from batch `skip` on (the
+    first batches include one-off costs such as compiling kernels); the time axis starts at the window's first event."""
+    last = max((s.event.batch for s in trace.spans), default=0)
+    first = max(0, min(skip, last + 1 - n_batches))
+    spans = [s for s in trace.spans if first <= s.event.batch < first + n_batches]
+    t0 = min((s.start for s in spans), default=0.0)
+    window = Trace(0.0)
+    window.spans = [Span(s.event, s.start - t0, s.end - t0, s.thread) for s in spans]
+    fig = draw_timeline(window, path=path, n_modules=n_modules, title=f"{title}: batches {first}..{first + n_batches - 1}")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def draw_schedule(schedule, n_batches, n_modules, path, target):
+    import matplotlib.pyplot as plt
+
+    plt.close(schedule.draw(n_batches, n_modules, path=path, target=target))
+
+
+@register("mnist-pipeline", "MNIST FCN with cDNI on the pipelined schedule (all layers busy at once), via dni.Runner "
+                            "/ ConcurrentRunner; timeline plots", PipelineConfig)
+def run_pipeline(config, out_dir, *, resume=False, quiet=False, hooks=()):
+    if resume:
+        raise ConfigError("mnist-pipeline keeps batches in flight and writes no checkpoint; start a new run")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (METRICS, SUMMARY, CURVES):
+        (out_dir / name).unlink(missing_ok=True)
+    (out_dir / CONFIG).write_text(to_toml(config, header="mnist-pipeline: the settings of this run"))
+    (x, y), val, test = load_data("mnist", config, images=False)
+    from ..data import BatchIterator
+
+    batches = BatchIterator(x, y, config.batch_size, seed=config.seed, drop_last=True)
+    per_epoch = len(batches)
+    total = config.steps or config.epochs * per_epoch
+    concurrent = config.runner == "concurrent"
+    net = build_dni_net("fcn", config, x.shape[1:], config.conditioned, schedule=pipelined(),
+                        diagnose_every=0 if concurrent else config.diagnose_every)
+    runner_cls = ConcurrentRunner if concurrent else Runner
+    runner = runner_cls(net, pipelined(), batches, diagnose_every=0 if concurrent else config.diagnose_every)
+    records, t0 = [], time.perf_counter()
+
+    def write(rec):
+        records.append(rec)
+        with open(out_dir / METRICS, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    # run in chunks (one epoch, or up to the next lr milestone / evaluation): the pipeline drains at each chunk's end
+    bounds = set(range(0, total, config.eval_every or per_epoch)) | set(config.lr_milestones) | {total}
+    if config.lr_decay_every:
+        bounds |= set(range(0, total, config.lr_decay_every))
+    bounds = sorted(b for b in bounds if 0 <= b <= total)
+    step = 0
+    with kernels.use_backend(config.backend):
+        try:
+            for end in bounds[1:]:
+                lr = step_lr(step, config.lr, config.lr_gamma, config.lr_decay_every, config.lr_milestones)
+                net.set_lr(lr)
+                t_chunk = time.perf_counter()
+                runner.run(end - step)
+                seconds = time.perf_counter() - t_chunk
+                log = runner.log
+                n = sum(r["n"] for r in log)
+                write(record("train", end, per_epoch, sum(r["loss"] * r["n"] for r in log) / n,
+                             sum(r["correct"] for r in log) / n, lr, time.perf_counter() - t0,
+                             samples_per_s=round(n / seconds, 1)))
+                runner.log.clear(), runner.synth_log.clear()
+                for d in runner.diagnostics:
+                    write({"step": d["batch"] + 1, "epoch": round((d["batch"] + 1) / per_epoch, 4),
+                           "split": DIAGNOSTIC_SPLIT, **{k: d[k] for k in ("module", "cos", "rel_err",
+                                                                          "norm_synthetic", "norm_true")}})
+                runner.diagnostics.clear()
+                step = end
+                ev = net.evaluate(*val)
+                write(record("val", step, per_epoch, ev["loss"], ev["accuracy"], lr, time.perf_counter() - t0))
+                if not quiet:
+                    print(f"step {step} (epoch {step / per_epoch:.2f}): val error {100 * (1 - ev['accuracy']):.2f}%",
+                          flush=True)
+            test_ev = net.evaluate(*test)
+            write(record("test", step, per_epoch, test_ev["loss"], test_ev["accuracy"], lr, time.perf_counter() - t0))
+        finally:
+            if concurrent:
+                runner.close()
+    wall = time.perf_counter() - t0
+    plot_curves(records, out_dir / CURVES, title="mnist-pipeline")
+    draw_trace_window(runner.trace, config.timeline_batches, len(net), out_dir / TIMELINE,
+                      f"mnist-pipeline ({config.runner} runner)")
+    draw_schedule(pipelined(), config.timeline_batches, len(net), out_dir / SCHEDULE_TIMELINE, config.target)
+    files = {"metrics": METRICS, "curves": CURVES, "timeline": TIMELINE, "schedule": SCHEDULE_TIMELINE}
+    extra = {}
+    if any(r["split"] == DIAGNOSTIC_SPLIT for r in records):
+        plot_synthetic_gradients(records, out_dir / SYNTH_PLOT, title="mnist-pipeline: g_hat vs dL/dh")
+        extra["synthetic_grad"] = synthetic_grad_summary(records)
+        files["synthetic_grad"] = SYNTH_PLOT
+    vals = [r for r in records if r["split"] == "val"]
+    best = min(vals, key=lambda r: (-r["accuracy"], r["step"]))
+    summary = {"experiment": "mnist-pipeline", "status": "finished", "steps": step, "epochs": round(step / per_epoch, 3),
+               "val_error": 1 - vals[-1]["accuracy"], "test_error": 1 - test_ev["accuracy"],
+               "best_val_error": 1 - best["accuracy"], "best_val_step": best["step"], "wall_time_s": round(wall, 2),
+               "runner": config.runner, "utilisation": {str(k): round(v, 3)
+                                                        for k, v in runner.trace.utilisation().items()},
+               "seconds_by_kind": {k: round(v, 2) for k, v in runner.trace.by_kind().items()},
+               "backend": config.backend, "config": config.to_dict(),
+               "versions": versions(), "files": files, **extra}
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ---- mnist-unlock ----------------------------------------------------------------------------------------------------
+@dataclass
+class UnlockConfig(CdniFcnConfig):
+    conditioned: bool = param(True, "cDNI synthesizers (the label as input)")
+    input_hidden: tuple[int, ...] = param((), "hidden widths of each synthetic-input model I_j(x) (): linear", ge=1)
+    timeline_batches: int = param(6, "draw this many batches of the run (from batch 20 on) in timeline.png", ge=1)
+
+
+@register("mnist-unlock", "MNIST FCN, complete unlock: synthetic inputs I_j(x) and cDNI, every layer on batch b at "
+                          "once (Sec. 2.3, 3.4)", UnlockConfig)
+def run_unlock(config, out_dir, *, resume=False, quiet=False, hooks=()):
+    net = build_dni_net("fcn", config, (784,), config.conditioned, schedule=unlocked())
+    add_synthetic_inputs(net, 784, hidden=config.input_hidden, rng=np.random.default_rng(config.seed + 1))
+    summary = train("mnist-unlock", "mnist", "fcn", "cdni" if config.conditioned else "dni", config, out_dir,
+                    resume=resume, quiet=quiet, hooks=hooks, learner=net)
+    out_dir = Path(out_dir)
+    draw_trace_window(net.runner().trace, config.timeline_batches, len(net), out_dir / TIMELINE,
+                      "mnist-unlock (sequential runner)")
+    draw_schedule(unlocked(), config.timeline_batches, len(net), out_dir / SCHEDULE_TIMELINE, config.target)
+    return add_to_summary(out_dir, files={**summary["files"], "timeline": TIMELINE, "schedule": SCHEDULE_TIMELINE})
