@@ -16,8 +16,10 @@ after their last call, and on 2 cores a pool still spinning slows the next engin
 small parallel regions, lost 3x to it in our first runs). We report the median steps/s and
 the ratio to PyTorch. The machine's float32 GEMM rate
 (NumPy, 2048^3) is the ceiling: napkin math gives each step's FLOPs (forward 2*B*in*out per layer, backward 2x that
-minus the input layer's dx), and the fraction of the ceiling a step achieves. JIT compile time (cold cache, then warm
-cache) is measured in fresh subprocesses.
+minus the input layer's dx), and the fraction of the ceiling a step achieves. A step's matrix products at batch 256 run
+well below the 2048^3 rate, so we also time those products alone (same shapes, NumPy) -- the "GEMM-only bound" that
+no engine calling this BLAS can beat -- and print each engine's fraction of it: what remains is the engine's own cost.
+JIT compile time (cold cache, then warm cache) is measured in fresh subprocesses.
 
     python benchmarks/bench_engine.py                 # full run, writes benchmarks/results/engine-*.json
     python benchmarks/bench_engine.py --quick         # fewer samples
@@ -61,6 +63,32 @@ def gemm_gflops(n=2048, reps=5):
         np.matmul(a, b, out=c)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / np.median(times) / 1e9
+
+
+def gemm_only_steps_per_s(k, reps=30):
+    """The bound no engine beats with these BLAS calls: one step's matmuls alone (the same shapes, transposes and
+    skipped input-layer dx as a training step), timed back to back with NumPy; median over reps."""
+    rng = np.random.default_rng(0)
+    dims = [D_IN] + [H] * k + [D_OUT]
+    Ws = [rng.random((a, b), dtype=np.float32) for a, b in zip(dims[:-1], dims[1:])]
+    acts = [rng.random((B, d), dtype=np.float32) for d in dims]
+
+    def matmuls():
+        for i, W in enumerate(Ws):
+            np.matmul(acts[i], W)
+        for i in range(len(Ws) - 1, -1, -1):
+            np.matmul(acts[i].T, acts[i + 1])  # dW = x^T g
+            if i > 0:
+                np.matmul(acts[i + 1], Ws[i].T)  # dx = g W^T
+
+    for _ in range(5):
+        matmuls()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        matmuls()
+        times.append(time.perf_counter() - t)
+    return 1 / float(np.median(times))
 
 
 # ---- the engines: each returns a `step()` closure doing one full training step ------------------------------------------------
@@ -297,16 +325,21 @@ def main(argv=None):
         for bn in (False, True):
             med, raw = measure(names, k, bn, args.samples, args.steps_per_sample, args.warmup, args.settle)
             flops = step_flops(k)
+            bound = gemm_only_steps_per_s(k)
             print(f"\n784-256x{k}-10, batch norm {'on' if bn else 'off'}, batch {B}, Adam "
                   f"({flops / 1e6:.0f} MFLOP/step; median of {args.samples} samples x {args.steps_per_sample} steps)")
-            print(f"  {'engine':<15}{'steps/s':>9}{'vs torch':>10}{'vs fused':>10}{'vs numpy':>10}{'% GEMM':>8}")
+            print(f"  GEMM-only bound (this step's matmuls alone, NumPy): {bound:.1f} steps/s "
+                  f"({100 * bound * flops / (ceiling * 1e9):.0f}% of the 2048^3 GEMM rate)")
+            print(f"  {'engine':<15}{'steps/s':>9}{'vs torch':>10}{'vs fused':>10}{'vs numpy':>10}{'% GEMM':>8}"
+                  f"{'% bound':>9}")
             for name, rate in med.items():
                 vs = lambda ref: f"{rate / med[ref]:.2f}x" if ref in med else "-"  # noqa: E731
                 frac = rate * flops / (ceiling * 1e9)
                 print(f"  {name:<15}{rate:>9.1f}{vs('torch'):>10}{vs('torch-fused'):>10}{vs('minidni-numpy'):>10}"
-                      f"{100 * frac:>7.0f}%")
+                      f"{100 * frac:>7.0f}%{100 * rate / bound:>8.0f}%")
                 results.append({"hidden_layers": k, "batch_norm": bn, "engine": name, "steps_per_s": rate,
-                                "samples": raw[name], "gemm_fraction": frac, "mflop_per_step": flops / 1e6})
+                                "samples": raw[name], "gemm_fraction": frac, "mflop_per_step": flops / 1e6,
+                                "gemm_only_steps_per_s": bound})
 
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
