@@ -212,6 +212,21 @@ def test_streaming_with_lazy_feeding_matches_the_planned_order():
     assert ran == schedule.events(5, 4)
 
 
+def test_hand_fed_batches_drain_one_event_at_a_time():
+    """feed() by hand, then step(drain=True) runs what is left one event at a time, in the planned order."""
+    schedule = S.pipelined()
+    runner = Runner(dni_net(schedule), schedule)
+    ran = []
+    for x, y in make_batches(3, dtype=np.float32):
+        runner.feed(x, y)
+        while (event := runner.step()) is not None:
+            ran.append(event)
+    assert len(ran) < len(schedule.events(3, 4))          # the last batch waits for a next one that never comes
+    while (event := runner.step(drain=True)) is not None:
+        ran.append(event)
+    assert ran == schedule.events(3, 4) and runner.store == {}
+
+
 def test_diagnostics_compare_synthetic_and_true_gradients():
     net = oracle_net(2)
     runner = Runner(net, S.dni(), make_batches(4), diagnose_every=2).run()

@@ -142,14 +142,16 @@ class Runner:
         return self._first_tick[1]
 
     # ---- running ----------------------------------------------------------------------------------------------------
-    def step(self):
+    def step(self, drain=False):
         """Run the next event (feeding a batch from the source if needed) and return it; None when all is done.
 
-        Without a batch source (batches fed by hand with feed()), None means: feed the next batch, or flush()."""
+        Without a batch source (batches fed by hand with feed()), None means: feed the next batch, or flush() -- or
+        call step(drain=True), which says no batch is coming and runs the events still queued one at a time."""
         self.net.train()
         with blas_threads_limit(self.blas_threads):
             while True:
-                done = self._advance(self._bound())
+                no_more = drain and (self._source is None or self._exhausted)
+                done = self._advance(math.inf if no_more else self._bound())
                 if done is not None:
                     return done
                 if not self._feed_from_source():
