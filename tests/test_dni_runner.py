@@ -9,6 +9,7 @@ from minidni.dni import (ConcurrentRunner, ConvSynthesizer, DNINet, Oracle, Runn
                          one_hot, schedules as S, unlocked)
 from minidni.dni.unlock import add_synthetic_inputs
 from minidni.tensor import Tensor
+from minidni.train import Backprop
 
 F64 = np.float64
 IN, HIDDEN, CLASSES, BATCH = 12, 8, 4, 16
@@ -22,12 +23,9 @@ def make_batches(n, seed=0, dtype=F64):
 def backprop_reference(batches, n_hidden, lr=1e-2):
     """Plain backprop on the same network (same init): the parameters every exact schedule must reproduce."""
     seq = nn.mlp(IN, HIDDEN, CLASSES, n_hidden, dtype=F64, rng=7)
-    opt = optim.Adam(seq.parameters(), lr=lr)
+    learner = Backprop(seq, optim.Adam(seq.parameters(), lr=lr))
     for x, y in batches:
-        loss = ops.cross_entropy(seq(Tensor(x)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        learner.train_step(x, y)
     return seq
 
 
@@ -270,12 +268,9 @@ def test_conv_modules_with_oracles_reproduce_backprop_and_conv_synthesizers_run_
     """Nothing in the runner assumes 2-D activations: feature maps (B, C, H, W) flow the same way."""
     batches = image_batches(3)
     ref = nn.Sequential(*conv_layers())
-    opt = optim.Adam(ref.parameters(), lr=1e-2)
+    learner = Backprop(ref, optim.Adam(ref.parameters(), lr=1e-2))
     for x, y in batches:
-        loss = ops.cross_entropy(ref(Tensor(x)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        learner.train_step(x, y)
     net = DNINet(conv_layers(), [Oracle(), Oracle()], optimizer=adam(1e-2))
     Runner(net, S.dni(), batches).run()
     assert_same(states([ref]), states(net.modules))

@@ -42,19 +42,24 @@ SCHEDULE_TIMELINE = "timeline_schedule.png"  # the schedule, by tick
 
 # ---- running several experiments and comparing them ----------------------------------------------------------------
 def run_many(runs, out_dir, *, resume=False, quiet=False):
-    """runs: list of (label, experiment name, config). Each trains into out_dir/label (resuming a finished or
-    interrupted one when `resume`); returns {label: summary}."""
+    """runs: list of (label, what, fit), fit(sub_dir, resume) training one run and returning its summary. Each run
+    goes into out_dir/label; with `resume`, a finished run is read back and an interrupted one resumed.
+    Returns {label: summary}."""
     out = {}
-    for label, name, cfg in runs:
+    for label, what, fit in runs:
         sub = Path(out_dir) / label
         if resume and (sub / SUMMARY).is_file():
             out[label] = json.loads((sub / SUMMARY).read_text())
             continue
         if not quiet:
-            print(f"== {label}: {name} -> {sub}", flush=True)
-        again = resume and (sub / "checkpoint.npz").is_file()
-        out[label] = get(name).run(cfg, sub, resume=again, quiet=quiet)
+            print(f"== {label}: {what} -> {sub}", flush=True)
+        out[label] = fit(sub, resume and (sub / "checkpoint.npz").is_file())
     return out
+
+
+def _experiment(name, cfg):
+    """A run_many `fit` that runs the registered experiment `name` with `cfg`, quietly."""
+    return lambda sub, again: get(name).run(cfg, sub, resume=again, quiet=True)
 
 
 def plot_comparison(curves, path, title="", ylabel="validation error (%)"):
@@ -136,7 +141,8 @@ def sub_config(name, config, **values):
                                "one JSON", CompareConfig)
 def run_compare(config, out_dir, *, resume=False, quiet=False, hooks=()):
     t0 = time.perf_counter()
-    runs = [(m, f"mnist-fcn-{m}", sub_config(f"mnist-fcn-{m}", config)) for m in config.methods]
+    runs = [(m, f"mnist-fcn-{m}", _experiment(f"mnist-fcn-{m}", sub_config(f"mnist-fcn-{m}", config)))
+            for m in config.methods]
     summaries = run_many(runs, out_dir, resume=resume, quiet=True)
     summary = write_comparison("mnist-dni-compare", out_dir, summaries, config,
                                f"MNIST FCN, {config.layers} layers, {config.epochs} epochs: validation error",
@@ -157,19 +163,16 @@ class AsyncConfig(CdniFcnConfig):
                          "per p, side by side", AsyncConfig)
 def run_async(config, out_dir, *, resume=False, quiet=False, hooks=()):
     t0 = time.perf_counter()
-    summaries = {}
-    for p in config.p_updates:
-        label = f"p{p:g}"
-        sub = Path(out_dir) / label
-        if resume and (sub / SUMMARY).is_file():
-            summaries[label] = json.loads((sub / SUMMARY).read_text())
-            continue
-        if not quiet:
-            print(f"== p_update = {p:g} -> {sub}", flush=True)
-        summaries[label] = train("mnist-async", "mnist", "fcn", "cdni", config, sub, quiet=True,
-                                 schedule=stochastic(p, seed=config.seed),
-                                 resume=resume and (sub / "checkpoint.npz").is_file())
-        summaries[label] = add_to_summary(sub, p_update=p)
+
+    def fit(p):
+        def one(sub, again):
+            train("mnist-async", "mnist", "fcn", "cdni", config, sub, quiet=True,
+                  schedule=stochastic(p, seed=config.seed), resume=again)
+            return add_to_summary(sub, p_update=p)
+        return one
+
+    runs = [(f"p{p:g}", f"cDNI, p_update = {p:g}", fit(p)) for p in config.p_updates]
+    summaries = run_many(runs, out_dir, resume=resume, quiet=quiet)
     summary = write_comparison("mnist-async", out_dir, summaries, config,
                                f"MNIST FCN {config.layers} layers, cDNI, stochastic updates: validation error",
                                time.perf_counter() - t0)
