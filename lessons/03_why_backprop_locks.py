@@ -144,29 +144,14 @@ assert same
 
 # %% [markdown]
 # Now the trace. `busy()` sums each module's event durations. The sequential runner does one thing at a time, so the
-# interesting number is not the total idle time but the **locked** time: for each batch, the seconds between the end
-# of module $i$'s forward pass and the start of its own update, when module $i$ has done its part and can only wait
-# for the gradient to come back down.
+# interesting number is not the total idle time but the **locked** time, `waits()`: for each batch, the seconds between
+# the end of module $i$'s forward pass and the start of its own update, when module $i$ has done its part and can only
+# wait for the gradient to come back down.
 
 # %%
-def waits(trace):
-    """{module: seconds between the end of its forward and the start of its update, summed over batches}."""
-    fwd_end, upd_start = {}, {}
-    for s in trace.spans:
-        key = (s.event.module, s.event.batch)
-        if s.event.kind == "forward":
-            fwd_end[key] = s.end
-        elif s.event.kind in ("backprop", "update_true"):
-            upd_start[key] = s.start
-    out = {}
-    for (m, b), t in upd_start.items():
-        out[m] = out.get(m, 0.0) + t - fwd_end[(m, b)]
-    return out
-
-
 def report(trace, title):
     wall = max(s.end for s in trace.spans) - min(s.start for s in trace.spans)
-    busy, wait, util = trace.busy(), waits(trace), trace.utilisation()
+    busy, wait, util = trace.busy(), trace.waits(), trace.utilisation()
     print(f"{title}: {wall * 1e3:.1f} ms wall-clock for {len(trace)} events")
     print(f"  {'module':>6}  {'busy ms':>8}  {'idle ms':>8}  {'utilisation':>11}  {'waiting for its gradient ms':>27}")
     for m in range(N_MODULES):

@@ -194,26 +194,14 @@ print(f"losses equal: {np.array_equal(seq.losses(), par.losses())}; loss {seq.lo
       f"{seq.losses()[-1]:.3f}")
 assert identical and seq.log == par.log and seq.synth_log == par.synth_log
 
-
-
-def overlap_seconds(trace):
-    """Seconds during which two or more events ran at the same time (a sweep over the spans' starts and ends)."""
-    edges = sorted([(s.start, 1) for s in trace.spans] + [(s.end, -1) for s in trace.spans])
-    running, last, total = 0, None, 0.0
-    for t, step in edges:
-        if running >= 2:
-            total += t - last
-        running, last = running + step, t
-    return total
-
-
+# `Trace.overlap()` measures how long two or more events really ran at the same time (a sweep over the spans).
 for name, r in (("sequential", seq), ("concurrent", par)):
     wall = max(s.end for s in r.trace.spans) - min(s.start for s in r.trace.spans)
     util = r.trace.utilisation()
     print(f"{name:10s}: {wall * 1e3:6.1f} ms wall-clock; utilisation per module " +
           ", ".join(f"{m}: {util[m]:.0%}" for m in sorted(util)) + f" (sum {sum(util.values()):.2f}); "
-          f"two or more events at once for {overlap_seconds(r.trace) * 1e3:.1f} ms")
-assert overlap_seconds(seq.trace) == 0.0                 # the sequential runner never overlaps
+          f"two or more events at once for {r.trace.overlap() * 1e3:.1f} ms")
+assert seq.trace.overlap() == 0.0                 # the sequential runner never overlaps
 par.trace.draw(OUT / "pipelined_wallclock.png", n_modules=N_MODULES, title="pipelined, ConcurrentRunner")
 print("wall-clock timeline:", OUT / "pipelined_wallclock.png")
 print("threads:", sorted({s.thread for s in par.trace.spans}))

@@ -173,7 +173,7 @@ def test_concurrent_runner_is_bit_identical_to_the_sequential_runner(schedule):
     seq = Runner(seq_net, schedule, batches, blas_threads=1).run()   # the same BLAS thread count, see Runner
     with ConcurrentRunner(par_net, schedule, batches) as par:
         par.run()
-    parts = lambda net: list(net._all_modules())  # noqa: E731 - modules, synthesizers, input models
+    parts = lambda net: [part for _, part in net.named_parts()]  # noqa: E731 - modules, synthesizers, input models
     assert_same(states(parts(seq_net)), states(parts(par_net)))
     assert seq.log == par.log and seq.synth_log == par.synth_log
     assert {s.thread for s in par.trace.spans} == {f"dni-worker-{m}" for m in range(4)}
@@ -251,6 +251,56 @@ def test_trace_records_who_was_busy_when(tmp_path):
     assert (tmp_path / "trace.png").stat().st_size > 1000
 
 
+def hand_trace(spans):
+    """A Trace from (kind, module, batch, start, end, thread) tuples, origin 0."""
+    from minidni.dni.trace import Span, Trace
+    from minidni.dni.schedules import Event
+
+    trace = Trace(0.0)
+    trace.spans = [Span(Event(k, m, b, 0), t0, t1, th) for k, m, b, t0, t1, th in spans]
+    return trace
+
+
+def test_trace_waits_measures_the_time_from_forward_to_update_from_above():
+    # locked, two modules, one batch: F0 [0,1], F1 [1,2], L1 [2,3], B0 [3,4]; module 0 waits 2 s, module 1 none
+    trace = hand_trace([("forward", 0, 0, 0, 1, "a"), ("forward", 1, 0, 1, 2, "a"),
+                        ("update_true", 1, 0, 2, 3, "a"), ("backprop", 0, 0, 3, 4, "a"),
+                        ("forward", 0, 1, 4, 5, "a"), ("forward", 1, 1, 5, 6, "a"),
+                        ("update_true", 1, 1, 6.5, 7, "a"), ("backprop", 0, 1, 7, 8, "a")])
+    assert trace.waits() == {0: 2.0 + 2.0, 1: 0.0 + 0.5}
+    # a synthetic update is not waiting: under DNI only the top module (which needs the loss) has an entry
+    dni_trace = hand_trace([("forward", 0, 0, 0, 1, "a"), ("update_synthetic", 0, 0, 1, 2, "a"),
+                            ("forward", 1, 0, 2, 3, "a"), ("update_true", 1, 0, 3, 4, "a")])
+    assert dni_trace.waits() == {1: 0.0}
+
+
+def test_trace_overlap_counts_only_time_with_events_side_by_side():
+    trace = hand_trace([("forward", 0, 0, 0.0, 2.0, "a"), ("forward", 1, 0, 1.0, 3.0, "b"),
+                        ("forward", 2, 0, 1.5, 1.75, "c"), ("forward", 0, 1, 3.0, 4.0, "a")])
+    assert trace.overlap() == pytest.approx(1.0)              # [1, 2]: a and b (touching spans at 3.0 do not count)
+    assert trace.overlap(at_least=3) == pytest.approx(0.25)   # [1.5, 1.75]: a, b and c
+    assert trace.overlap(at_least=1) == pytest.approx(4.0)    # time with anything running
+    with pytest.raises(ValueError, match="at_least"):
+        trace.overlap(at_least=0)
+
+
+def test_runner_traces_waits_and_overlap():
+    seq = Runner(dni_net(S.locked()), S.locked(), make_batches(3, dtype=np.float32)).run()
+    waits = seq.trace.waits()
+    assert set(waits) == {0, 1, 2, 3} and waits[0] > waits[1] > waits[2] > 0   # the lower, the longer it waits
+    assert seq.trace.overlap() == 0.0                          # one event at a time
+    dni_run = Runner(dni_net(S.dni()), S.dni(), make_batches(3, dtype=np.float32)).run()
+    assert set(dni_run.trace.waits()) == {3}                   # only the top module updates from the loss
+
+
+def test_named_parts_lists_every_learning_part_under_its_state_dict_name():
+    net = dni_net(S.dni())
+    names = [name for name, _ in net.named_parts()]
+    assert names == ["module0", "module1", "module2", "module3", "synth0", "synth1", "synth2"]
+    assert {key.split("/")[0] for key in net.state_dict() if not key.startswith(("optim", "dni"))} == set(names)
+    assert [p for _, part in net.named_parts() for p in part.parameters()] == net.parameters()
+
+
 def conv_layers(seed=7):
     """A tiny CNN as three modules: [conv-BN-ReLU], [conv-ReLU], [maxpool-flatten-linear] on (B, 1, 6, 6) images."""
     rng = np.random.default_rng(seed)
@@ -282,4 +332,4 @@ def test_conv_modules_with_oracles_reproduce_backprop_and_conv_synthesizers_run_
     Runner(a, S.pipelined(), batches, blas_threads=1).run()
     with ConcurrentRunner(b, S.pipelined(), batches) as runner:
         runner.run()
-    assert_same(states(list(a._all_modules())), states(list(b._all_modules())))
+    assert_same(states([p for _, p in a.named_parts()]), states([p for _, p in b.named_parts()]))

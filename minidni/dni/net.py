@@ -113,9 +113,7 @@ class DNINet:
         return self.train(False)
 
     def _all_modules(self):
-        yield from self.modules
-        yield from self.synthesizers
-        yield from (im.model for im in (self.inputs or [])[1:])
+        return [part for _, part in self.named_parts()]
 
     def true_gradient(self, i, h, y):
         """dL/dh_i: backprop from the loss through modules i+1..n-1 at their current parameters (h is an array).
@@ -209,24 +207,27 @@ class DNINet:
         """The parameters of the network proper (what backprop would train), in module order."""
         return [p for m in self.modules for p in m.parameters()]
 
-    def _parts(self):
-        yield from ((f"module{i}", m) for i, m in enumerate(self.modules))
-        yield from ((f"synth{i}", s) for i, s in enumerate(self.synthesizers))
-        yield from ((f"input{j}", im.model) for j, im in enumerate(self.inputs or []) if im is not None)
+    def named_parts(self):
+        """[(name, nn.Module)] for every part that learns, in order: the modules ("module0", ...), the synthesizers
+        ("synth0", ... one per interface; Oracles included) and the synthetic-input models ("input1", ...). The names
+        are the prefixes of `state_dict()`'s keys."""
+        return ([(f"module{i}", m) for i, m in enumerate(self.modules)]
+                + [(f"synth{i}", s) for i, s in enumerate(self.synthesizers)]
+                + [(f"input{j}", im.model) for j, im in enumerate(self.inputs or []) if im is not None])
 
     def state_dict(self):
         """{name: array}: parameters, buffers, optimizer states and the batch counter (exact resumption).
 
         Only per-batch schedules are run by train_step, so between steps nothing is in flight.
         """
-        state = {f"{name}/{k}": v for name, part in self._parts() for k, v in part.state_dict().items()}
+        state = {f"{name}/{k}": v for name, part in self.named_parts() for k, v in part.state_dict().items()}
         for kind, i, opt in self._optimizers():
             state.update({f"optim/{kind}{i}/{k}": v for k, v in opt.state_dict().items()})
         state["dni/batches"] = np.asarray(self._runner.n_fed if self._runner else 0)
         return state
 
     def load_state_dict(self, state):
-        for name, part in self._parts():
+        for name, part in self.named_parts():
             part.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + "/")})
         for kind, i, opt in self._optimizers():
             prefix = f"optim/{kind}{i}/"

@@ -74,6 +74,44 @@ class Trace:
             out[s.event.kind] = out.get(s.event.kind, 0.0) + s.seconds
         return out
 
+    def waits(self):
+        """{module: seconds it waited for its gradient}: update locking, measured.
+
+        For each (module, batch), the time from the end of the module's forward pass to the start of the event that
+        updated it with a gradient from above (`backprop` or `update_true`), summed over batches. A module that
+        updates from a synthetic gradient right after its forward pass never enters this sum: under DNI only the top
+        module (which needs the loss) and locked backprop show waits. Modules without such events are left out.
+        """
+        fwd_end, upd_start = {}, {}
+        for s in self.spans:
+            key = (s.event.module, s.event.batch)
+            if s.event.kind in ("forward", "forward_unlocked"):
+                fwd_end[key] = s.end
+            elif s.event.kind in ("backprop", "update_true"):
+                upd_start.setdefault(key, s.start)
+        out = {}
+        for (m, b), t in upd_start.items():
+            if (m, b) in fwd_end:
+                out[m] = out.get(m, 0.0) + max(t - fwd_end[(m, b)], 0.0)
+        return out
+
+    def overlap(self, at_least=2):
+        """Seconds of wall-clock time during which `at_least` events ran at the same time.
+
+        A sweep over the spans' starts and ends, counting how many are running. The sequential Runner gives 0.0;
+        a ConcurrentRunner gives the time its worker threads really ran side by side.
+        """
+        if at_least < 1:
+            raise ValueError(f"Trace.overlap: at_least must be >= 1, got {at_least}")
+        # at equal times an end (-1) sorts before a start (+1): touching spans do not overlap
+        edges = sorted([(s.start, 1) for s in self.spans] + [(s.end, -1) for s in self.spans])
+        running, last, total = 0, None, 0.0
+        for t, step in edges:
+            if running >= at_least:
+                total += t - last
+            running, last = running + step, t
+        return total
+
     def draw(self, path=None, n_modules=None, title="", ax=None):
         return draw_timeline(self, path=path, n_modules=n_modules, title=title, ax=ax)
 
