@@ -4,6 +4,8 @@ The net is Jaderberg et al. 2016's feed-forward MNIST model (Sec. 3.3, appendix 
 optionally batch norm after every hidden linear layer, batch 256, Adam. We train it on random MNIST-shaped data with
 
   minidni-numba   the engine on the Numba kernels (the default backend)
+  minidni-numba-fused   the same net built with nn.mlp(..., fused=True): each ReLU fused into the linear or
+                  batch-norm op before it (ops.linear_relu, ops.batch_norm_relu; the same numbers bit for bit)
   minidni-numpy   the engine on the NumPy reference kernels (MINIDNI_BACKEND=numpy)
   numpy-loop      a plain hand-written NumPy forward/backward/Adam, no autodiff (what "no engine" costs)
   torch / torch-fused   PyTorch CPU eager with its default Adam and with Adam(fused=True), if torch is installed
@@ -92,12 +94,12 @@ def gemm_only_steps_per_s(k, reps=30):
 
 
 # ---- the engines: each returns a `step()` closure doing one full training step ------------------------------------------------
-def make_minidni(k, bn, backend, x, y):
+def make_minidni(k, bn, backend, x, y, fused=False):
     import minidni as md
     from minidni import nn, ops, optim
 
     md.set_backend(backend)  # one engine per worker process
-    model = nn.mlp(D_IN, H, D_OUT, n_hidden=k, batch_norm=bn, rng=0)
+    model = nn.mlp(D_IN, H, D_OUT, n_hidden=k, batch_norm=bn, rng=0, fused=fused)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     xt = md.Tensor(x)
 
@@ -199,8 +201,9 @@ def make_torch(k, bn, x, y, fused):
 
 # ---- measurement ----------------------------------------------------------------------------------------------------------------
 def make_engine(name, k, bn, x, y):
-    if name.startswith("minidni-"):
-        return make_minidni(k, bn, name.split("-", 1)[1], x, y)
+    if name.startswith("minidni-"):  # minidni-BACKEND or minidni-BACKEND-fused (nn.mlp(..., fused=True))
+        parts = name.split("-")
+        return make_minidni(k, bn, parts[1], x, y, fused=parts[-1] == "fused")
     if name == "numpy-loop":
         return make_numpy_loop(k, bn, x, y)
     return make_torch(k, bn, x, y, fused=name == "torch-fused")
@@ -319,7 +322,8 @@ def main(argv=None):
     print(f"JIT: first step with a cold cache {jit['cold']['first_step_s']:.2f} s, warm cache "
           f"{jit['warm']['first_step_s']:.2f} s (import {jit['warm']['import_s']:.2f} s)")
 
-    names = ["minidni-numba", "minidni-numpy", "numpy-loop"] + (["torch", "torch-fused"] if have_torch else [])
+    names = (["minidni-numba", "minidni-numba-fused", "minidni-numpy", "numpy-loop"]
+             + (["torch", "torch-fused"] if have_torch else []))
     results = []
     for k in args.layers:
         for bn in (False, True):
@@ -330,12 +334,12 @@ def main(argv=None):
                   f"({flops / 1e6:.0f} MFLOP/step; median of {args.samples} samples x {args.steps_per_sample} steps)")
             print(f"  GEMM-only bound (this step's matmuls alone, NumPy): {bound:.1f} steps/s "
                   f"({100 * bound * flops / (ceiling * 1e9):.0f}% of the 2048^3 GEMM rate)")
-            print(f"  {'engine':<15}{'steps/s':>9}{'vs torch':>10}{'vs fused':>10}{'vs numpy':>10}{'% GEMM':>8}"
+            print(f"  {'engine':<20}{'steps/s':>9}{'vs torch':>10}{'vs fused':>10}{'vs numpy':>10}{'% GEMM':>8}"
                   f"{'% bound':>9}")
             for name, rate in med.items():
                 vs = lambda ref: f"{rate / med[ref]:.2f}x" if ref in med else "-"  # noqa: E731
                 frac = rate * flops / (ceiling * 1e9)
-                print(f"  {name:<15}{rate:>9.1f}{vs('torch'):>10}{vs('torch-fused'):>10}{vs('minidni-numpy'):>10}"
+                print(f"  {name:<20}{rate:>9.1f}{vs('torch'):>10}{vs('torch-fused'):>10}{vs('minidni-numpy'):>10}"
                       f"{100 * frac:>7.0f}%{100 * rate / bound:>8.0f}%")
                 results.append({"hidden_layers": k, "batch_norm": bn, "engine": name, "steps_per_s": rate,
                                 "samples": raw[name], "gemm_fraction": frac, "mflop_per_step": flops / 1e6,

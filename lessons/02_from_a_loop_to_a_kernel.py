@@ -351,6 +351,45 @@ for name, us in rows.items():
 # softmax cross-entropy, batch norm, optimizer updates) goes to fused Numba loops**, which release the GIL
 # (`nogil=True`) so that DNI's concurrent modules can run them in parallel threads.
 #
+# ## 8. Fusing two ops: batch norm and its ReLU
+#
+# Every hidden layer of the paper's MNIST net is Linear -> BatchNorm -> ReLU. As separate ops, the ReLU reads the
+# batch norm's (N, C) output and writes another one, and its backward reads two more arrays; the graph has a node
+# for each. `ops.batch_norm_relu` does both in one op: the clip happens in the loop that writes y, the mask
+# `g [y > 0]` is formed in the loops that read g, and x is saved instead of xhat (the backward recomputes
+# `xhat = (x - mu) * invstd`, bit for bit), so the forward writes one array instead of three.
+# `nn.mlp(..., fused=True)` builds the net from these fused layers. It computes the same numbers:
+
+# %%
+xb = rng.normal(size=(256, 256)).astype(np.float32)
+gamma, beta = rng.uniform(0.5, 1.5, 256).astype(np.float32), rng.normal(size=256).astype(np.float32)
+g_out = rng.normal(size=(256, 256)).astype(np.float32)
+
+
+def two_ops(x):
+    y = md.ops.relu(md.ops.batch_norm(x, gamma, beta))
+    y.backward(g_out)
+    return y
+
+
+def fused_op(x):
+    y = md.ops.batch_norm_relu(x, gamma, beta)
+    y.backward(g_out)
+    return y
+
+
+xs = [md.Tensor(xb, requires_grad=True) for _ in range(2)]
+ya, yb = two_ops(xs[0]), fused_op(xs[1])
+assert np.array_equal(ya.data, yb.data) and np.array_equal(xs[0].grad, xs[1].grad)
+print("batch_norm -> relu and batch_norm_relu: outputs and input gradients equal bit for bit")
+xt = md.Tensor(xb, requires_grad=True)
+rows = {"batch_norm, then relu (2 ops)": best_us(two_ops, xt), "batch_norm_relu (fused)": best_us(fused_op, xt)}
+table("forward + backward, (256, 256) float32", rows, "batch_norm, then relu (2 ops)")
+
+# %% [markdown]
+# In a whole training step the saving is smaller than here, because the GEMMs dominate: `benchmarks/bench_engine.py`
+# times `nn.mlp(..., fused=True)` as the engine `minidni-numba-fused`.
+#
 # **Summary.** Write the loop first; it is the meaning of the op. NumPy runs it as one compiled pass per
 # operator; Numba compiles your own loop, so several operators fuse into one pass. Check every fast version against
 # the reference. Keep scalars in the arrays' dtype and use `error_model='numpy'`, or the loop silently runs slower.

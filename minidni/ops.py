@@ -419,6 +419,14 @@ class MSE(Function):
 
 
 # ---- batch normalisation -----------------------------------------------------------------------------------------------------
+def _update_running_stats(running_mean, running_var, mu, var, n, momentum):
+    """In place: running <- (1 - momentum) running + momentum batch, the variance with Bessel's factor n / (n - 1)."""
+    running_mean *= 1 - momentum
+    running_mean += momentum * mu
+    running_var *= 1 - momentum
+    running_var += (momentum * n / max(n - 1, 1)) * var
+
+
 class BatchNorm(Function):
     """Batch norm over axis 0 of (N, C) (Ioffe & Szegedy 2015).
 
@@ -435,11 +443,7 @@ class BatchNorm(Function):
         if training:
             y, xhat, mu, var, invstd = kernels.active.batchnorm_train_forward(x, gamma, beta, eps)
             if running_mean is not None:
-                n = x.shape[0]
-                running_mean *= 1 - momentum
-                running_mean += momentum * mu
-                running_var *= 1 - momentum
-                running_var += (momentum * n / max(n - 1, 1)) * var
+                _update_running_stats(running_mean, running_var, mu, var, x.shape[0], momentum)
             ctx.save_for_backward(True, xhat, gamma, invstd)
             return y
         ctx.save_for_backward(False, x, gamma, running_mean, running_var, eps)
@@ -451,10 +455,71 @@ class BatchNorm(Function):
         if ctx.saved[0]:
             _, xhat, gamma, invstd = ctx.saved
             return kernels.active.batchnorm_backward(g, xhat, gamma, invstd, need[0])
-        _, x, gamma, mean, var, eps = ctx.saved
-        invstd = 1 / np.sqrt(var + eps)
-        xhat = (x - mean) * invstd
-        return g * (gamma * invstd), (g * xhat).sum(axis=0), g.sum(axis=0)
+        return _batchnorm_eval_backward(g, *ctx.saved[1:])
+
+
+def _batchnorm_eval_backward(g, x, gamma, mean, var, eps):
+    """Eval mode is the affine map y = gamma (x - mean) invstd + beta: dx = g gamma invstd, dgamma = sum_n g xhat,
+    dbeta = sum_n g."""
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (x - mean) * invstd
+    return g * (gamma * invstd), (g * xhat).sum(axis=0), g.sum(axis=0)
+
+
+# ---- fused layers: the same math as two ops in a row, one pass fewer over the (N, C) activations --------------------
+class LinearReLU(Function):
+    """y = max(x W + b, 0), fused;   with g' = g [y > 0]:  dx = g' W^T,  dW = x^T g',  db = sum_n g'
+
+    Exactly `relu(linear(x, W, b))`: the kernels add the bias and clip in the pass that finishes the forward GEMM,
+    and mask g while summing db, so the (N, out) activation is walked once per direction instead of twice, and the
+    graph has one node instead of two. `nn.LinearReLU` and `nn.mlp(..., fused=True)` use it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b=None):
+        y = kernels.active.linear_relu_forward(x, W, b)
+        ctx.save_for_backward(x, W, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W, y = ctx.saved
+        need = ctx.needs_input_grad
+        dx, dW, db = kernels.active.linear_relu_backward(x, W, y, g, need[0], need[1], len(need) > 2 and need[2])
+        return (dx, dW, db) if len(need) > 2 else (dx, dW)
+
+
+class BatchNormReLU(Function):
+    """y = max(gamma xhat + beta, 0), batch norm then ReLU fused (see `BatchNorm` for xhat and the statistics).
+
+    training:  backward is BatchNorm's backward applied to g' = g [y > 0]; the kernel forms g' where it reads g
+               instead of storing it. It saves x rather than xhat and recomputes xhat = (x - mu) invstd (bit for
+               bit) where it needs it, so the forward writes one (N, C) array, not two. Running statistics are
+               updated exactly as `BatchNorm` does.
+    eval:      the affine map of the running statistics, then the ReLU (no fusion needed: nothing is saved twice).
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+        eps = x.dtype.type(eps)
+        if not training:
+            y = kernels.active.relu_forward(kernels.active.batchnorm_eval_forward(x, gamma, beta, running_mean,
+                                                                                  running_var, eps))
+            ctx.save_for_backward(False, y, x, gamma, running_mean, running_var, eps)
+            return y
+        y, mu, var, invstd = kernels.active.batchnorm_relu_train_forward(x, gamma, beta, eps)
+        if running_mean is not None:
+            _update_running_stats(running_mean, running_var, mu, var, x.shape[0], momentum)
+        ctx.save_for_backward(True, x, y, mu, gamma, invstd)   # x, not xhat: the kernels recompute xhat from it
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.saved[0]:
+            _, x, y, mu, gamma, invstd = ctx.saved
+            return kernels.active.batchnorm_relu_backward(g, x, y, mu, gamma, invstd, ctx.needs_input_grad[0])
+        _, y, *eval_saved = ctx.saved
+        return _batchnorm_eval_backward(kernels.active.relu_backward(y, g), *eval_saved)
 
 
 # ==== the public functional API ==================================================================================================
@@ -510,20 +575,37 @@ def matmul(a, b):
     return MatMul.apply(a, b)
 
 
+def _check_linear(op, x, W):
+    _need_2d(op, "x", x, 2)
+    _need_2d(op, "W", W, 2)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"{op}: x has {x.shape[1]} features (shape {x.shape}) but W expects {W.shape[0]} "
+                         f"(W has shape {W.shape}, stored as (in, out))")
+
+
+def _linear_bias(op, b, W):
+    b = _as_tensor(b, W, op)
+    if b.shape != (W.shape[1],):
+        raise ValueError(f"{op}: bias must have shape ({W.shape[1]},) to match W {W.shape}, got {b.shape}")
+    return b
+
+
 def linear(x, W, b=None):
     """y = x W + b for x (N, in), W (in, out), b (out,) or None."""
     x, W = _pair(x, W, "linear")
-    _need_2d("linear", "x", x, 2)
-    _need_2d("linear", "W", W, 2)
-    if x.shape[1] != W.shape[0]:
-        raise ValueError(f"linear: x has {x.shape[1]} features (shape {x.shape}) but W expects {W.shape[0]} "
-                         f"(W has shape {W.shape}, stored as (in, out))")
+    _check_linear("linear", x, W)
     if b is None:
         return Linear.apply(x, W)
-    b = _as_tensor(b, W, "linear")
-    if b.shape != (W.shape[1],):
-        raise ValueError(f"linear: bias must have shape ({W.shape[1]},) to match W {W.shape}, got {b.shape}")
-    return Linear.apply(x, W, b)
+    return Linear.apply(x, W, _linear_bias("linear", b, W))
+
+
+def linear_relu(x, W, b=None):
+    """y = max(x W + b, 0): `relu(linear(x, W, b))` as one fused op (see `LinearReLU`)."""
+    x, W = _pair(x, W, "linear_relu")
+    _check_linear("linear_relu", x, W)
+    if b is None:
+        return LinearReLU.apply(x, W)
+    return LinearReLU.apply(x, W, _linear_bias("linear_relu", b, W))
 
 
 def relu(x):
@@ -615,28 +697,40 @@ def mse_loss(a, b):
     return MSE.apply(a, b)
 
 
-def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
-    """Batch normalisation of x (N, C) with scale gamma (C,) and shift beta (C,); see `BatchNorm`."""
+def _check_batch_norm(op, x, gamma, beta, running_mean, running_var, training):
     x = _one(x)
-    _need_2d("batch_norm", "x", x, 2)
-    gamma = _as_tensor(gamma, x, "batch_norm")
-    beta = _as_tensor(beta, x, "batch_norm")
+    _need_2d(op, "x", x, 2)
+    gamma = _as_tensor(gamma, x, op)
+    beta = _as_tensor(beta, x, op)
     c = x.shape[1]
     if gamma.shape != (c,) or beta.shape != (c,):
-        raise ValueError(f"batch_norm: x has shape {x.shape} ({c} features); gamma {gamma.shape} and beta "
+        raise ValueError(f"{op}: x has shape {x.shape} ({c} features); gamma {gamma.shape} and beta "
                          f"{beta.shape} must be ({c},)")
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         # updated in place and read by the kernels without bounds checks: shape and dtype must be exact
         if stat is not None and (not isinstance(stat, np.ndarray) or stat.shape != (c,) or stat.dtype != x.dtype):
-            raise ValueError(f"batch_norm: {name} must be a {x.dtype} array of shape ({c},) for x of shape "
+            raise ValueError(f"{op}: {name} must be a {x.dtype} array of shape ({c},) for x of shape "
                              f"{x.shape}; got {getattr(stat, 'dtype', type(stat).__name__)} "
                              f"{getattr(stat, 'shape', '')}")
     if training and x.shape[0] < 2:
-        raise ValueError(f"batch_norm: training needs a batch of at least 2 rows to compute statistics, got {x.shape}")
+        raise ValueError(f"{op}: training needs a batch of at least 2 rows to compute statistics, got {x.shape}")
     if not training and (running_mean is None or running_var is None):
-        raise ValueError("batch_norm: eval mode needs running_mean and running_var")
+        raise ValueError(f"{op}: eval mode needs running_mean and running_var")
+    return x, gamma, beta
+
+
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    """Batch normalisation of x (N, C) with scale gamma (C,) and shift beta (C,); see `BatchNorm`."""
+    x, gamma, beta = _check_batch_norm("batch_norm", x, gamma, beta, running_mean, running_var, training)
     return BatchNorm.apply(x, gamma, beta, running_mean=running_mean, running_var=running_var,
                            training=training, momentum=momentum, eps=eps)
+
+
+def batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    """max(batch_norm(x, ...), 0) as one fused op (see `BatchNormReLU`); the arguments are batch_norm's."""
+    x, gamma, beta = _check_batch_norm("batch_norm_relu", x, gamma, beta, running_mean, running_var, training)
+    return BatchNormReLU.apply(x, gamma, beta, running_mean=running_mean, running_var=running_var,
+                               training=training, momentum=momentum, eps=eps)
 
 
 # ==== convolution and max pooling, NCHW (Jaderberg et al. 2016, Sec. 3.3 / appendix A: the CNN of 5x5 conv layers

@@ -14,6 +14,19 @@ import numpy as np
 from . import kernels
 
 
+class _Cast:
+    """The step's scalars cast to a parameter's dtype (float32 loops must get float32 constants), once per dtype."""
+
+    def __init__(self, *values):
+        self.values, self.cast = values, {}
+
+    def __call__(self, dtype):
+        out = self.cast.get(dtype)
+        if out is None:
+            out = self.cast[dtype] = tuple(dtype.type(v) for v in self.values)
+        return out
+
+
 class Optimizer:
     def __init__(self, params, lr):
         params = list(params)
@@ -77,12 +90,11 @@ class SGD(Optimizer):
 
     def step(self):
         self.t += 1
+        hyper = _Cast(self.lr, self.momentum, self.weight_decay)
         for p, buf in zip(self.params, self.buf):
             if p.grad is None:
                 continue
-            dt = p.data.dtype.type
-            kernels.active.sgd_step_(p.data, p.grad, buf, dt(self.lr), dt(self.momentum), dt(self.weight_decay),
-                                     self.nesterov)
+            kernels.active.sgd_step_(p.data, p.grad, buf, *hyper(p.data.dtype), self.nesterov)
 
 
 class Adam(Optimizer):
@@ -103,9 +115,8 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.betas
         bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        hyper = _Cast(self.lr, b1, b2, self.eps, bias1, bias2, self.weight_decay)
         for p, m, v in zip(self.params, self.m, self.v):
             if p.grad is None:
                 continue
-            dt = p.data.dtype.type
-            kernels.active.adam_step_(p.data, p.grad, m, v, dt(self.lr), dt(b1), dt(b2), dt(self.eps),
-                                      dt(bias1), dt(bias2), dt(self.weight_decay))
+            kernels.active.adam_step_(p.data, p.grad, m, v, *hyper(p.data.dtype))

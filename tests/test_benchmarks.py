@@ -18,7 +18,7 @@ def test_bench_engine_runs_and_writes_json(tmp_path):
     (path,) = tmp_path.glob("engine-*.json")
     data = json.loads(path.read_text())
     engines = {r["engine"] for r in data["results"]}
-    assert engines == {"minidni-numba", "minidni-numpy", "numpy-loop"}
+    assert engines == {"minidni-numba", "minidni-numba-fused", "minidni-numpy", "numpy-loop"}
     assert all(r["steps_per_s"] > 0 for r in data["results"])
 
 

@@ -131,6 +131,15 @@ def _linear_backward(draw, r, dtype):
             draw_array(draw, r, (n, o), dtype)) + need
 
 
+def _linear_relu_backward(draw, r, dtype):
+    n, i, o = (draw(st.integers(1, 6)) for _ in range(3))
+    need = tuple(draw(st.booleans()) for _ in range(3))
+    x, W = draw_array(draw, r, (n, i), dtype), draw_array(draw, r, (i, o), dtype)
+    y = with_layout(reference.linear_relu_forward(np.ascontiguousarray(x), np.ascontiguousarray(W), None),
+                    draw(st.sampled_from(LAYOUTS)))     # the forward's output: zeros where the ReLU clipped
+    return (x, W, y, draw_array(draw, r, (n, o), dtype)) + need
+
+
 def _sum_rows(draw, r, dtype):
     return (draw_array(draw, r, (draw(st.integers(1, 6)), draw(st.integers(1, 6))), dtype),)
 
@@ -181,6 +190,16 @@ def _batchnorm_backward(draw, r, dtype):
     return (draw_array(draw, r, (n, c), dtype), draw_array(draw, r, (n, c), dtype, "standardized", broadcast=False),
             draw_array(draw, r, (c,), dtype, broadcast=False),
             draw_array(draw, r, (c,), dtype, "positive", broadcast=False), draw(st.booleans()))
+
+
+def _batchnorm_relu_backward(draw, r, dtype):
+    n, c = draw(st.integers(2, 8)), draw(st.integers(1, 5))
+    x = with_layout(well_conditioned_batch(r, n, c, dtype), draw(st.sampled_from(LAYOUTS)))
+    gamma = draw_array(draw, r, (c,), dtype, broadcast=False)
+    y, mu, _, invstd = reference.batchnorm_relu_train_forward(np.ascontiguousarray(x), gamma,
+                                                              r.standard_normal(c).astype(dtype), scalar(dtype, 1e-5))
+    y = with_layout(y, draw(st.sampled_from(LAYOUTS)))        # the forward's output: zeros where the ReLU clipped
+    return draw_array(draw, r, (n, c), dtype), x, y, mu, gamma, invstd, draw(st.booleans())
 
 
 def _adam_step_(draw, r, dtype):
@@ -256,6 +275,8 @@ CASES = {
     "mse_forward": _mse_forward, "mse_backward": _mse_backward,
     "batchnorm_train_forward": _batchnorm_train_forward, "batchnorm_eval_forward": _batchnorm_eval_forward,
     "batchnorm_backward": _batchnorm_backward,
+    "linear_relu_forward": _linear_forward, "linear_relu_backward": _linear_relu_backward,
+    "batchnorm_relu_train_forward": _batchnorm_train_forward, "batchnorm_relu_backward": _batchnorm_relu_backward,
     "adam_step_": _adam_step_, "sgd_step_": _sgd_step_,
     "conv2d_forward": _conv2d_forward, "conv2d_backward": _conv2d_backward,
     "maxpool2d_forward": _maxpool2d_forward, "maxpool2d_backward": _maxpool2d_backward,
@@ -397,6 +418,13 @@ OP_CASES = {
     "batch_norm_train_strided": (lambda x, g, b: ops.batch_norm(x, g, b),
                                  lambda r, d: [well_conditioned_batch(r, 10, 4, d)[::2, ::-1], _n(r, d, 8)[::2],
                                                _n(r, d, 4)]),
+    "linear_relu_strided": (ops.linear_relu, lambda r, d: [_n(r, d, 6, 5)[::2], _n(r, d, 4, 5).T, _n(r, d, 4)]),
+    "batch_norm_relu_train_strided": (lambda x, g, b: ops.batch_norm_relu(x, g, b),
+                                      lambda r, d: [well_conditioned_batch(r, 10, 4, d)[::2, ::-1], _n(r, d, 8)[::2],
+                                                    _n(r, d, 4)]),
+    "batch_norm_relu_eval_transposed": (lambda x, g, b: ops.batch_norm_relu(x, g, b, np.full(3, 0.2, x.dtype),
+                                                                            np.full(3, 1.5, x.dtype), training=False),
+                                        lambda r, d: [_n(r, d, 3, 5).T, _n(r, d, 3), _n(r, d, 3)]),
     "batch_norm_eval_transposed": (lambda x, g, b: ops.batch_norm(x, g, b, np.full(3, 0.2, x.dtype),
                                                                   np.full(3, 1.5, x.dtype), training=False),
                                    lambda r, d: [_n(r, d, 3, 5).T, _n(r, d, 3), _n(r, d, 3)]),

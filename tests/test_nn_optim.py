@@ -354,3 +354,32 @@ def test_mlp_takes_a_sequence_of_hidden_widths():
         nn.mlp(6, (5, 4), 3, n_hidden=2)
     with pytest.raises(ValueError, match="n_hidden"):
         nn.mlp(6, 5, 3)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["no_bn", "bn"])
+def test_fused_mlp_trains_bit_identically_to_the_unfused_one(batch_norm, backend):
+    """mlp(fused=True) swaps Linear -> [BatchNorm1d ->] ReLU for the fused modules: same init, same numbers."""
+    r = np.random.default_rng(0)
+    x, y = r.standard_normal((32, 12)).astype(np.float32), r.integers(0, 4, 32)
+    nets = [nn.mlp(12, 8, 4, n_hidden=3, batch_norm=batch_norm, rng=1, fused=f) for f in (False, True)]
+    kinds = [type(m).__name__ for m in nets[1]]
+    assert kinds == (["Linear", "BatchNormReLU"] * 3 if batch_norm else ["LinearReLU"] * 3) + ["Linear"]
+    opts = [optim.Adam(n.parameters(), lr=1e-2) for n in nets]
+    for _ in range(4):
+        for net, opt in zip(nets, opts):
+            loss = ops.cross_entropy(net(Tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    for (_, a), (_, b) in zip(nets[0].named_buffers(), nets[1].named_buffers()):
+        np.testing.assert_array_equal(a, b)
+    for net in nets:
+        net.eval()
+    np.testing.assert_array_equal(nets[0](Tensor(x)).data, nets[1](Tensor(x)).data)   # running statistics agree too
+
+
+def test_fused_mlp_needs_relu():
+    with pytest.raises(ValueError, match="fused=True.*tanh"):
+        nn.mlp(4, 3, 2, n_hidden=1, activation="tanh", fused=True)

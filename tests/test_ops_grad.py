@@ -132,6 +132,14 @@ CASES = [
     ("batch_norm_train_stats", _bn_train_with_stats, [normal(5, 3), normal(3), normal(3)]),
     ("batch_norm_eval", lambda x, g, b: ops.batch_norm(x, g, b, RUN_MEAN.copy(), RUN_VAR.copy(), training=False),
      [normal(4, 3), normal(3), normal(3)]),
+    # ---- fused layers (the same math as the two ops in a row) ----
+    ("linear_relu", ops.linear_relu, [normal(4, 3), normal(3, 5), normal(5)]),
+    ("linear_relu_no_bias", ops.linear_relu, [normal(4, 3), normal(3, 5)]),
+    ("batch_norm_relu_train", lambda x, g, b: ops.batch_norm_relu(x, g, b), [normal(6, 3), normal(3), normal(3)]),
+    ("batch_norm_relu_train_stats", lambda x, g, b: ops.batch_norm_relu(x, g, b, np.zeros(3), np.ones(3)),
+     [normal(5, 3), normal(3), normal(3)]),
+    ("batch_norm_relu_eval", lambda x, g, b: ops.batch_norm_relu(x, g, b, RUN_MEAN.copy(), RUN_VAR.copy(),
+                                                                 training=False), [normal(4, 3), normal(3), normal(3)]),
     # ---- convolution and max pooling (NCHW) ----
     ("conv2d", ops.conv2d, [normal(2, 2, 4, 3), normal(3, 2, 2, 2), normal(3)]),
     ("conv2d_no_bias", ops.conv2d, [normal(1, 2, 4, 4), normal(2, 2, 3, 3)]),
@@ -167,7 +175,7 @@ def test_op_gradients(name, fn, makers, layout, backend):
 
 OPS_WITH_GRADIENT_TESTS = {"add", "sub", "mul", "div", "neg", "astype", "matmul", "linear", "relu", "tanh", "sigmoid",
                            "exp", "log", "sum", "mean", "reshape", "transpose", "concat", "getitem", "cross_entropy",
-                           "mse_loss", "batch_norm", "conv2d", "max_pool2d"}
+                           "mse_loss", "batch_norm", "conv2d", "max_pool2d", "linear_relu", "batch_norm_relu"}
 
 
 def test_every_public_op_has_a_gradient_test():
@@ -304,6 +312,32 @@ def test_batch_norm_hypothesis(n, c, training, layout, data, backend):
     fn = lambda x, g, b: ops.batch_norm(x, g, b, mean.copy(), var.copy(), training=training)  # noqa: E731
     inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, c), (c,), (c,))]
     gradcheck(fn, inputs)
+    jvp_vjp_check(fn, inputs, r)
+
+
+@SETTINGS
+@given(n=st.integers(1, 5), i=st.integers(1, 5), o=st.integers(1, 5), bias=st.booleans(),
+       layout=st.sampled_from(LAYOUTS), data=st.data())
+def test_linear_relu_hypothesis(n, i, o, bias, layout, data, backend):
+    r = _seeded(data.draw)
+    inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, i), (i, o)) + (((o,),) if bias else ())]
+    out = gradcheck(ops.linear_relu, inputs)
+    expected = ops.relu(ops.linear(*inputs))                     # the unfused pair: the same numbers, bit for bit
+    np.testing.assert_array_equal(out.data, expected.data)
+    jvp_vjp_check(ops.linear_relu, inputs, r)
+
+
+@SETTINGS
+@given(n=st.integers(2, 6), c=st.integers(1, 4), training=st.booleans(), layout=st.sampled_from(LAYOUTS),
+       data=st.data())
+def test_batch_norm_relu_hypothesis(n, c, training, layout, data, backend):
+    r = _seeded(data.draw)
+    mean, var = r.standard_normal(c), r.uniform(0.5, 2.0, c)
+    fn = lambda x, g, b: ops.batch_norm_relu(x, g, b, mean.copy(), var.copy(), training=training)  # noqa: E731
+    inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, c), (c,), (c,))]
+    out = gradcheck(fn, inputs)
+    expected = ops.relu(ops.batch_norm(*inputs, mean.copy(), var.copy(), training=training))
+    np.testing.assert_array_equal(out.data, expected.data)
     jvp_vjp_check(fn, inputs, r)
 
 

@@ -172,6 +172,65 @@ def linear_backward(x, W, g, need_x, need_W, need_b):
     return dx, dW, db
 
 
+# ---- fused layers: linear + ReLU, batch norm + ReLU ---------------------------------------------------------------
+# The same math as the two ops in a row (kernels.reference writes it that way), with one pass over the (N, C) output
+# instead of two: the ReLU is applied where the bias or the normalisation is written, and its backward (g [y > 0])
+# is folded into the pass that reads g. nn.mlp(..., fused=True) builds its hidden layers from these.
+@jit
+def _add_row_relu_(y, b):
+    # for n, j: y[n, j] = max(y[n, j] + b[j], 0)
+    n, c = y.shape
+    zero = y.dtype.type(0)
+    for i in range(n):
+        for j in range(c):
+            v = y[i, j] + b[j]
+            y[i, j] = zero if v < zero else v   # a NaN passes through, as in _relu_forward
+
+
+@jit
+def _relu_(y):
+    # for i: y[i] = max(y[i], 0)
+    zero = y.dtype.type(0)
+    for i in range(y.size):
+        if y[i] < zero:
+            y[i] = zero
+
+
+def linear_relu_forward(x, W, b):
+    """GEMM by BLAS, then bias and ReLU in one in-place pass."""
+    y = np.matmul(x, W)
+    if b is not None:
+        _add_row_relu_(y, b)
+    else:
+        _relu_(y.reshape(-1))
+    return y
+
+
+@jit
+def _relu_backward_sum_rows(y, g, gm, db):
+    # for n, j: gm[n, j] = g[n, j] [y[n, j] > 0];  db[j] = sum_n gm[n, j]
+    n, c = g.shape
+    zero = g.dtype.type(0)
+    for j in range(c):
+        db[j] = 0
+    for i in range(n):
+        for j in range(c):
+            v = g[i, j] if y[i, j] > zero else g[i, j] * zero   # g * 0: a NaN in g is not hidden
+            gm[i, j] = v
+            db[j] += v
+
+
+def linear_relu_backward(x, W, y, g, need_x, need_W, need_b):
+    """g' = g [y > 0] and db = sum_n g' in one pass, then the two GEMMs on g'."""
+    g = _c2(g)
+    gm = np.empty_like(g)
+    db = np.empty(g.shape[1], dtype=g.dtype)
+    _relu_backward_sum_rows(_c2(y), g, gm, db)
+    dx = np.matmul(gm, W.T) if need_x else None
+    dW = np.matmul(x.T, gm) if need_W else None
+    return dx, dW, (db if need_b else None)
+
+
 # ---- losses -----------------------------------------------------------------------------------------------------------
 @jit
 def _softmax_xent_forward(z, labels, probs):
@@ -354,6 +413,71 @@ def batchnorm_backward(g, xhat, gamma, invstd, need_x):
     return (dx if need_x else None), dgamma, dbeta
 
 
+@jit
+def _batchnorm_relu_train_forward(x, gamma, beta, eps, y, mu, var, invstd):
+    # batch norm version 2 (two passes), with the ReLU applied as y is written, and xhat NOT stored (the backward
+    # recomputes it from x, bit for bit): one (N, C) array written instead of two.
+    # y[n, j] = max(gamma[j] (x[n, j] - mu[j]) invstd[j] + beta[j], 0)
+    n, c = x.shape
+    zero = x.dtype.type(0)
+    s, ss = np.zeros(c), np.zeros(c)
+    for i in range(n):
+        for j in range(c):
+            v = np.float64(x[i, j])
+            s[j] += v
+            ss[j] += v * v
+    for j in range(c):
+        m = s[j] / n
+        v = max(ss[j] / n - m * m, 0.0)
+        mu[j] = m
+        var[j] = v
+        invstd[j] = 1.0 / np.sqrt(v + eps)
+    for i in range(n):
+        for j in range(c):
+            z = gamma[j] * ((x[i, j] - mu[j]) * invstd[j]) + beta[j]
+            y[i, j] = zero if z < zero else z
+
+
+def batchnorm_relu_train_forward(x, gamma, beta, eps):
+    x = _c2(x)
+    y = np.empty_like(x)
+    c = x.shape[1]
+    mu, var, invstd = (np.empty(c, dtype=x.dtype) for _ in range(3))
+    _batchnorm_relu_train_forward(x, gamma, beta, eps, y, mu, var, invstd)
+    return y, mu, var, invstd
+
+
+@jit
+def _batchnorm_relu_backward(g, x, y, mu, gamma, invstd, need_x, dx, dgamma, dbeta):
+    # _batchnorm_backward with g' = g [y > 0] and xhat = (x - mu) invstd formed where they are read, never stored
+    n, c = g.shape
+    zero = g.dtype.type(0)
+    for j in range(c):
+        dbeta[j] = 0
+        dgamma[j] = 0
+    for i in range(n):
+        for j in range(c):
+            gi = g[i, j] if y[i, j] > zero else g[i, j] * zero
+            dbeta[j] += gi
+            dgamma[j] += gi * ((x[i, j] - mu[j]) * invstd[j])
+    if need_x:
+        fn = g.dtype.type(n)
+        for i in range(n):
+            for j in range(c):
+                gi = g[i, j] if y[i, j] > zero else g[i, j] * zero
+                xh = (x[i, j] - mu[j]) * invstd[j]
+                dx[i, j] = gamma[j] * invstd[j] / fn * (fn * gi - dbeta[j] - xh * dgamma[j])
+
+
+def batchnorm_relu_backward(g, x, y, mu, gamma, invstd, need_x):
+    g = _c2(g)
+    c = g.shape[1]
+    dgamma, dbeta = np.empty(c, dtype=g.dtype), np.empty(c, dtype=g.dtype)
+    dx = np.empty_like(g) if need_x else np.empty((0, c), dtype=g.dtype)
+    _batchnorm_relu_backward(g, _c2(x), _c2(y), mu, gamma, invstd, need_x, dx, dgamma, dbeta)
+    return (dx if need_x else None), dgamma, dbeta
+
+
 # ---- optimizer updates, in place ---------------------------------------------------------------------------------------
 @jit
 def _adam_step_(p, g, m, v, lr, beta1, beta2, eps, bias1, bias2, weight_decay):
@@ -382,6 +506,11 @@ def _updated_in_place(kernel, arrays, *args):
 
 
 def adam_step_(p, g, m, v, lr, beta1, beta2, eps, bias1, bias2, weight_decay):
+    if p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous and g.flags.c_contiguous:
+        # the usual case, called once per parameter per step: straight to the kernel (~2 us of Python, not ~6)
+        _adam_step_(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, beta1, beta2, eps, bias1, bias2,
+                    weight_decay)
+        return
     _updated_in_place(lambda p_, m_, v_: _adam_step_(p_, _flat(g), m_, v_, lr, beta1, beta2, eps, bias1, bias2,
                                                      weight_decay), (p, m, v))
 
@@ -397,6 +526,9 @@ def _sgd_step_(p, g, buf, lr, momentum, weight_decay, nesterov):
 
 
 def sgd_step_(p, g, buf, lr, momentum, weight_decay, nesterov):
+    if p.flags.c_contiguous and buf.flags.c_contiguous and g.flags.c_contiguous:
+        _sgd_step_(p.reshape(-1), g.reshape(-1), buf.reshape(-1), lr, momentum, weight_decay, nesterov)
+        return
     _updated_in_place(lambda p_, b_: _sgd_step_(p_, _flat(g), b_, lr, momentum, weight_decay, nesterov), (p, buf))
 
 

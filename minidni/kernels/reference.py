@@ -75,6 +75,17 @@ def linear_backward(x, W, g, need_x, need_W, need_b):
     return dx, dW, db
 
 
+# ---- fused layers: a linear or batch-norm layer with its ReLU, in one op (the same math as the two ops in a row) ------
+def linear_relu_forward(x, W, b):
+    """y = max(x W + b, 0)"""
+    return relu_forward(linear_forward(x, W, b))
+
+
+def linear_relu_backward(x, W, y, g, need_x, need_W, need_b):
+    """With g' = g [y > 0] (the ReLU's backward): dx = g' W^T,  dW = x^T g',  db = sum_n g'[n]."""
+    return linear_backward(x, W, relu_backward(y, g), need_x, need_W, need_b)
+
+
 # ---- losses --------------------------------------------------------------------------------------------------------
 def softmax_xent_forward(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels, and the softmax probabilities.
@@ -140,6 +151,20 @@ def batchnorm_backward(g, xhat, gamma, invstd, need_x):
     if need_x:
         dx = (gamma * invstd / n) * (n * g - dbeta - xhat * dgamma)
     return dx, dgamma, dbeta
+
+
+def batchnorm_relu_train_forward(x, gamma, beta, eps):
+    """y = max(gamma xhat + beta, 0) with xhat = (x - mu) invstd the batch-normalised x (see batchnorm_train_forward).
+
+    Returns y, mu, var (biased), invstd -- not xhat: the backward recomputes it from x (one array less to store).
+    """
+    y, _, mu, var, invstd = batchnorm_train_forward(x, gamma, beta, eps)
+    return relu_forward(y), mu, var, invstd
+
+
+def batchnorm_relu_backward(g, x, y, mu, gamma, invstd, need_x):
+    """batchnorm_backward of g' = g [y > 0] (the ReLU's backward), with xhat = (x - mu) invstd recomputed."""
+    return batchnorm_backward(relu_backward(y, g), (x - mu) * invstd, gamma, invstd, need_x)
 
 
 # ---- optimizer updates, in place -------------------------------------------------------------------------------------
