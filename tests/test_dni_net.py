@@ -35,6 +35,22 @@ def test_mlp_modules_split_nn_mlp_after_hidden_layers():
         split_sequential(ref, [0])
 
 
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["bn", "no_bn"])
+def test_fused_mlp_modules_cut_at_the_same_layers_and_train_identically(batch_norm):
+    fused = mlp_modules(10, 16, 3, n_hidden=3, batch_norm=batch_norm, rng=0, fused=True)
+    assert [len(m) for m in fused] == ([2, 2, 2, 1] if batch_norm else [1, 1, 1, 1])
+    two = mlp_modules(10, 16, 3, n_hidden=3, split_after=[1], batch_norm=batch_norm, rng=0, fused=True)
+    assert [len(m) for m in two] == ([4, 3] if batch_norm else [2, 2])
+    nets = [small_net(S.dni(), conditioned=True, batch_norm=batch_norm, fused=f) for f in (False, True)]
+    r = np.random.default_rng(1)
+    for _ in range(3):
+        x, y = r.standard_normal((8, 10)).astype(np.float32), r.integers(0, 3, 8)
+        outs = [net.train_step(x, y) for net in nets]
+        assert outs[0] == outs[1]
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_mnist_fcn_has_dni_after_every_hidden_layer():
     net = mnist_fcn(layers=3, hidden=32, synthesizer="mlp", synth_hidden=(64, 64), conditioned=True)
     assert len(net) == 3 and len(net.interfaces) == 2

@@ -260,16 +260,18 @@ def split_sequential(seq, cuts):
 
 
 def mlp_modules(in_features, hidden, out_features, n_hidden, split_after=None, batch_norm=True, activation="relu",
-                dtype=np.float32, rng=None):
+                dtype=np.float32, rng=None, fused=False):
     """nn.mlp(...) cut into modules after the given hidden layers (0-based; default: after every hidden layer).
 
     With the default, module k (k < n_hidden) is [Linear -> BatchNorm -> ReLU] of hidden layer k, and the last module
     is the output Linear layer. The parameters are initialised exactly as nn.mlp(..., rng=rng) would be, so a
-    backprop baseline built with the same rng starts from the same weights.
+    backprop baseline built with the same rng starts from the same weights. fused=True builds the hidden layers
+    from the fused ops ([Linear -> BatchNormReLU] or [LinearReLU], see nn.mlp): the same numbers, bit for bit.
     """
     seq = nn.mlp(in_features, hidden, out_features, n_hidden, batch_norm=batch_norm, activation=activation,
-                 dtype=dtype, rng=rng)
-    ends = [k + 1 for k, layer in enumerate(seq) if isinstance(layer, (nn.ReLU, nn.Tanh, nn.Sigmoid))]
+                 dtype=dtype, rng=rng, fused=fused)
+    layer_ends = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LinearReLU, nn.BatchNormReLU)   # what closes a hidden layer
+    ends = [k + 1 for k, layer in enumerate(seq) if isinstance(layer, layer_ends)]
     split_after = range(n_hidden) if split_after is None else split_after
     bad = [k for k in split_after if not 0 <= k < n_hidden]
     if bad:
@@ -290,13 +292,14 @@ def make_synthesizer(kind, features, n_classes=None, hidden=(1024, 1024), dtype=
 
 def mnist_fcn(layers=4, hidden=256, synthesizer="linear", synth_hidden=(1024, 1024), conditioned=False,
               target="bootstrap", lr=1e-3, synth_lr=None, schedule=None, batch_norm=True, dtype=np.float32, seed=0,
-              in_features=784, n_classes=10, diagnose_every=0):
+              in_features=784, n_classes=10, diagnose_every=0, fused=False):
     """The MNIST FCN of Sec. 3.3 with DNI after every hidden layer: `layers` weight layers (the paper: 3 to 6),
     layers - 1 hidden layers of `hidden` units (Linear -> BatchNorm -> ReLU), then the output layer, all trained with
     Adam. Each hidden layer is a module; a synthesizer sits on each hidden layer's output."""
     rng = np.random.default_rng(seed)
     n_hidden = layers - 1
-    modules = mlp_modules(in_features, hidden, n_classes, n_hidden, batch_norm=batch_norm, dtype=dtype, rng=rng)
+    modules = mlp_modules(in_features, hidden, n_classes, n_hidden, batch_norm=batch_norm, dtype=dtype, rng=rng,
+                          fused=fused)
     synths = [make_synthesizer(synthesizer, hidden, n_classes if conditioned else None, synth_hidden, dtype, rng)
               for _ in range(n_hidden)]
     return DNINet(modules, synths, optimizer=adam(lr), synth_optimizer=adam(synth_lr if synth_lr else lr),

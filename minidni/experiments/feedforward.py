@@ -127,6 +127,8 @@ class Cifar10FcnConfig(TrainConfig):
     layers: int = param(3, "weight layers (3..6): layers - 1 hidden layers, then the output layer", ge=3, le=6)
     hidden: int = param(1000, "units per hidden layer (the paper's CIFAR-10 FCN: 1000)", ge=1)
     batch_norm: bool = param(True, "batch norm after each hidden Linear layer")
+    fused: bool = param(True, "build the hidden layers from the fused ops (nn.mlp(fused=True)): the same numbers bit "
+                              "for bit, faster")
     validation: int = param(5000, "training images held out for validation (fixed split, seed 0)", ge=1, le=49000)
     data_dir: str = param("", "cifar-10-python.tar.gz, the cifar-10-batches-py folder, or a folder holding either "
                               "('': $MINIDNI_DATA)")
@@ -185,7 +187,7 @@ def build_modules(arch, config, in_shape, rng):
     if arch == "fcn":
         in_features = int(np.prod(in_shape))
         modules = mlp_modules(in_features, config.hidden, 10, config.layers - 1, batch_norm=config.batch_norm,
-                              rng=rng)
+                              rng=rng, fused=config.fused)
         return modules, [config.hidden] * (config.layers - 1)
     modules = cnn_blocks(config, in_shape[0], in_shape[1], rng=rng)
     return modules, [config.channels] * (len(modules) - 1)

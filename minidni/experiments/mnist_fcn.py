@@ -28,6 +28,8 @@ class MnistFcnConfig(TrainConfig):
                         ge=3, le=6)
     hidden: int = param(256, "units per hidden layer", ge=1)
     batch_norm: bool = param(True, "batch norm after each hidden Linear layer")
+    fused: bool = param(True, "build the hidden layers from the fused ops (nn.mlp(fused=True)): the same numbers bit "
+                              "for bit, faster")
     validation: int = param(5000, "training images held out for validation (fixed split, seed 0)", ge=1, le=50000)
     data_dir: str = param("", "folder with the four MNIST IDX files ('': $MINIDNI_DATA/mnist, else the packaged copy)")
     # Training defaults of this experiment. 20 epochs of 214 steps (55,000 images, batches of 256); lr 1e-3, divided
@@ -47,7 +49,7 @@ class MnistFcnConfig(TrainConfig):
 def run(config, out_dir, *, resume=False, quiet=False, hooks=()):
     data = load_mnist(config.data_dir or None, validation=config.validation, seed=0)
     model = mlp(784, config.hidden, 10, n_hidden=config.layers - 1, batch_norm=config.batch_norm,
-                rng=np.random.default_rng(config.seed))
+                rng=np.random.default_rng(config.seed), fused=config.fused)
     learner = Backprop(model, Adam(model.parameters(), lr=config.lr))
     batches = BatchIterator(data.train.x, data.train.y, config.batch_size, seed=config.seed, drop_last=True)
     trainer = Trainer(learner, batches, config, out_dir, val=data.val, test=data.test, experiment=NAME, quiet=quiet,
