@@ -333,9 +333,10 @@ def _batchnorm_train_forward_1(x, gamma, beta, eps, y, xhat, mu, var, invstd):
 
 
 @jit
-def _batchnorm_train_forward_2(x, gamma, beta, eps, y, xhat, mu, var, invstd):
-    # version 2, two passes (~30% faster at 256x256): the first pass accumulates sum x and sum x^2 together in
-    # float64, so var = E[x^2] - E[x]^2 does not suffer the cancellation it would in float32; the second writes xhat, y.
+def _batch_stats_one_pass(x, eps, mu, var, invstd):
+    # mu[j] = mean_n x[n, j]; var[j] = mean_n x[n, j]^2 - mu[j]^2; invstd[j] = 1 / sqrt(var[j] + eps), in ONE pass:
+    # sum x and sum x^2 accumulate together in float64, so E[x^2] - E[x]^2 does not suffer the cancellation it
+    # would in float32.
     n, c = x.shape
     s, ss = np.zeros(c), np.zeros(c)
     for i in range(n):
@@ -349,6 +350,14 @@ def _batchnorm_train_forward_2(x, gamma, beta, eps, y, xhat, mu, var, invstd):
         mu[j] = m
         var[j] = v
         invstd[j] = 1.0 / np.sqrt(v + eps)
+
+
+@jit
+def _batchnorm_train_forward_2(x, gamma, beta, eps, y, xhat, mu, var, invstd):
+    # version 2, two passes (~30% faster at 256x256): the statistics in one pass (_batch_stats_one_pass), then one
+    # pass that writes xhat and y.
+    n, c = x.shape
+    _batch_stats_one_pass(x, eps, mu, var, invstd)
     for i in range(n):
         for j in range(c):
             h = (x[i, j] - mu[j]) * invstd[j]
@@ -420,18 +429,7 @@ def _batchnorm_relu_train_forward(x, gamma, beta, eps, y, mu, var, invstd):
     # y[n, j] = max(gamma[j] (x[n, j] - mu[j]) invstd[j] + beta[j], 0)
     n, c = x.shape
     zero = x.dtype.type(0)
-    s, ss = np.zeros(c), np.zeros(c)
-    for i in range(n):
-        for j in range(c):
-            v = np.float64(x[i, j])
-            s[j] += v
-            ss[j] += v * v
-    for j in range(c):
-        m = s[j] / n
-        v = max(ss[j] / n - m * m, 0.0)
-        mu[j] = m
-        var[j] = v
-        invstd[j] = 1.0 / np.sqrt(v + eps)
+    _batch_stats_one_pass(x, eps, mu, var, invstd)
     for i in range(n):
         for j in range(c):
             z = gamma[j] * ((x[i, j] - mu[j]) * invstd[j]) + beta[j]
