@@ -231,3 +231,18 @@ def test_unknown_backend():
 
     with pytest.raises(ValueError, match="unknown backend 'cuda'.*numba, numpy"):
         set_backend("cuda")
+
+
+def test_fused_ops_name_themselves_in_errors():
+    with pytest.raises(ValueError, match=r"linear_relu: x has 5 features.*W expects 4"):
+        ops.linear_relu(t((2, 5)), t((4, 3)))
+    with pytest.raises(ValueError, match=r"linear_relu: bias must have shape \(3,\)"):
+        ops.linear_relu(t((2, 4)), t((4, 3)), t((4,)))
+    with pytest.raises(TypeError, match="linear_relu: mixed dtypes"):
+        ops.linear_relu(t((2, 4)), t((4, 3)), t((3,), np.float64))
+    with pytest.raises(ValueError, match=r"batch_norm_relu: x has shape \(5, 3\).*gamma \(4,\)"):
+        ops.batch_norm_relu(t((5, 3)), t((4,)), t((3,)))
+    with pytest.raises(ValueError, match=r"batch_norm_relu: training needs.*at least 2 rows"):
+        ops.batch_norm_relu(t((1, 3)), t((3,)), t((3,)))
+    with pytest.raises(ValueError, match=r"batch_norm_relu: running_var.*float32.*float64"):
+        ops.batch_norm_relu(t((5, 3)), t((3,)), t((3,)), np.zeros(3, np.float32), np.ones(3))

@@ -379,6 +379,24 @@ def test_relu_propagates_nan_like_the_reference():
     np.testing.assert_array_equal(cpu.relu_backward(y, g), reference.relu_backward(y, g))
 
 
+def test_fused_relu_kernels_propagate_nan_like_the_reference():
+    x, W = np.array([[np.nan, 1.0], [-1.0, 2.0]]), np.eye(2)
+    for b in (None, np.array([0.5, -3.0])):
+        np.testing.assert_array_equal(cpu.linear_relu_forward(x, W, b), reference.linear_relu_forward(x, W, b))
+    y, g = np.array([[0.0, 1.0], [2.0, 0.0]]), np.full((2, 2), np.nan)
+    for got, want in zip(cpu.linear_relu_backward(x, W, y, g, True, True, True),
+                         reference.linear_relu_backward(x, W, y, g, True, True, True)):
+        np.testing.assert_array_equal(got, want)
+    xb = np.array([[np.nan, 1.0], [0.0, 2.0], [1.0, 0.5]])
+    one, zero, eps = np.ones(2), np.zeros(2), np.float64(1e-5)
+    for got, want in zip(cpu.batchnorm_relu_train_forward(xb, one, zero, eps),
+                         reference.batchnorm_relu_train_forward(xb, one, zero, eps)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)   # NaN where the reference has NaN (equal_nan)
+    for got, want in zip(cpu.batchnorm_train_forward(xb, one, zero, eps),
+                         reference.batchnorm_train_forward(xb, one, zero, eps)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)   # the NaN column's mean, variance, outputs stay NaN
+
+
 # ---- the ops on both backends, with broadcast and non-contiguous operands --------------------------------------------
 def _run(fn, arrays, backend):
     """Value and input gradients of fn on one backend (upstream gradient: a fixed random array)."""

@@ -346,7 +346,9 @@ def _batch_stats_one_pass(x, eps, mu, var, invstd):
             ss[j] += v * v
     for j in range(c):
         m = s[j] / n
-        v = max(ss[j] / n - m * m, 0.0)
+        v = ss[j] / n - m * m
+        if v < 0.0:  # rounding can make it slightly negative; written so that a NaN stays NaN, as in the reference
+            v = 0.0
         mu[j] = m
         var[j] = v
         invstd[j] = 1.0 / np.sqrt(v + eps)
