@@ -229,4 +229,6 @@ assert results["cDNI"][3][2] > 0.5                                    # the top 
 # * cDNI agrees better than DNI at every interface: the label carries what the loss needs (section 3).
 #
 # Over the paper's full-length runs DNI, and cDNI more so, come close to backprop on MNIST (Sec. 3.3); here the
-# point is the mechanism. `minidni.experiments` has the full-length recipes.
+# point is the mechanism. `minidni.experiments` has the full-length recipes: `mnist-fcn-dni` uses the paper's MLP
+# synthesizer (two hidden layers of 1024 units), because without the label the best a synthesizer can predict is
+# the *average* gradient given $h$, and a linear map of $h$ captures little of it (docs/results-mnist.md).
