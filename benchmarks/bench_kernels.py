@@ -69,14 +69,17 @@ def main():
         ("batchnorm_train_forward", (x, gamma, b, eps), 3 * nbytes),
         ("batchnorm_eval_forward", (x, gamma, b, b, gamma, eps), 2 * nbytes),
         ("batchnorm_backward", (g, xhat, gamma, invstd, True), 3 * nbytes),
+        # fused layers: each replaces its op plus a ReLU pass (relu_forward / relu_backward above)
+        ("batchnorm_relu_train_forward", (x, gamma, b, eps), 2 * nbytes),
+        ("batchnorm_relu_backward", (g, x, y, b, gamma, invstd, True), 4 * nbytes),
     ]
     print(f"kernels at batch {N} x {C} features, float32 (median of 200 calls)")
-    print(f"  {'kernel':<26}{'numpy us':>10}{'numba us':>10}{'speed-up':>10}{'numba GB/s':>12}")
+    print(f"  {'kernel':<30}{'numpy us':>10}{'numba us':>10}{'speed-up':>10}{'numba GB/s':>12}")
     for name, args, moved in cases:
         check(name, getattr(cpu, name)(*args), getattr(ref, name)(*args))
         t_ref = best_us(lambda: getattr(ref, name)(*args))
         t_cpu = best_us(lambda: getattr(cpu, name)(*args))
-        print(f"  {name:<26}{t_ref:>10.1f}{t_cpu:>10.1f}{t_ref / t_cpu:>9.1f}x{moved / t_cpu / 1e3:>12.1f}")
+        print(f"  {name:<30}{t_ref:>10.1f}{t_cpu:>10.1f}{t_ref / t_cpu:>9.1f}x{moved / t_cpu / 1e3:>12.1f}")
 
     # Adam over every parameter of the 784-256x5-10 net, as one flat array
     p = rng.standard_normal(P, dtype=f32)
@@ -90,7 +93,7 @@ def main():
     moved = 7 * p.nbytes  # read p, g, m, v; write p, m, v
     t_ref = best_us(lambda: ref.adam_step_(p2, grad, m2, v2, *hyper), 50)
     t_cpu = best_us(lambda: cpu.adam_step_(p, grad, m, v, *hyper), 50)
-    print(f"  {'adam_step_ (465k params)':<26}{t_ref:>10.1f}{t_cpu:>10.1f}{t_ref / t_cpu:>9.1f}x"
+    print(f"  {'adam_step_ (465k params)':<30}{t_ref:>10.1f}{t_cpu:>10.1f}{t_ref / t_cpu:>9.1f}x"
           f"{moved / t_cpu / 1e3:>12.1f}")
 
     print("\ncompile options")
