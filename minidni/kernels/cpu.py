@@ -226,8 +226,7 @@ def linear_relu_backward(x, W, y, g, need_x, need_W, need_b):
     gm = np.empty_like(g)
     db = np.empty(g.shape[1], dtype=g.dtype)
     _relu_backward_sum_rows(_c2(y), g, gm, db)
-    dx = np.matmul(gm, W.T) if need_x else None
-    dW = np.matmul(x.T, gm) if need_W else None
+    dx, dW, _ = linear_backward(x, W, gm, need_x, need_W, False)
     return dx, dW, (db if need_b else None)
 
 
