@@ -54,3 +54,21 @@ def test_bench_dni_help():
                          text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "--quick" in res.stdout
+
+
+def test_profile_step_accounts_for_every_kernel_call():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import profile_step
+    finally:
+        sys.path.pop(0)
+    from minidni import kernels
+
+    before = {n: getattr(kernels.active, n) for n in dir(kernels.active)}
+    out = profile_step.profile(k=2, bn=True, fused=True, steps=3, warmup=1)
+    assert {n: getattr(kernels.active, n) for n in dir(kernels.active)} == before   # the wrappers are removed
+    calls = {name: n for name, (_, n) in out["kernels"].items()}
+    # 2 hidden layers: 3 linear layers, 2 fused batch-norm+ReLU layers, one loss; Adam on 3 W + 1 b + 2 x (gamma, beta)
+    assert calls["linear_forward"] == 3 and calls["batchnorm_relu_train_forward"] == 2
+    assert calls["softmax_xent_forward"] == 1 and calls["adam_step_"] == 8
+    assert out["plain_s"] > 0 and out["instrumented_s"] > 0

@@ -1,0 +1,101 @@
+"""Where the time of one training step goes: every kernel call timed, the rest is Python.
+
+The step is bench_engine.py's (Jaderberg et al. 2016, Sec. 3.3: the 784 -> 256 x k -> 10 MNIST net, batch 256, Adam)
+on the active backend. We time `--steps` plain steps, then wrap every public function of `minidni.kernels.active`
+(the *_forward / *_backward / *_step_ kernels, and sum_rows) with a timer and time as many again: the kernels' share
+is what they measured, and "rest" is the step's own Python -- graph building, the backward loop, checks, dispatch.
+The wrappers add ~1 us per call, so the instrumented step is a little slower than the plain one (both printed).
+
+    python benchmarks/profile_step.py                      # 5 hidden layers, batch norm, plain modules
+    python benchmarks/profile_step.py --fused --no-bn      # nn.mlp(..., fused=True), no batch norm
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import numpy as np
+
+
+def make_step(k, bn, fused, batch=256, d_in=784, hidden=256, d_out=10):
+    import minidni as md
+    from minidni import nn, ops, optim
+
+    model = nn.mlp(d_in, hidden, d_out, n_hidden=k, batch_norm=bn, rng=0, fused=fused)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x, y = md.Tensor(rng.random((batch, d_in), dtype=np.float32)), rng.integers(0, d_out, batch)
+
+    def step():
+        loss = ops.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(step, n):
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n
+
+
+def profile(k=5, bn=True, fused=False, steps=200, warmup=30):
+    """{'plain_s', 'instrumented_s', 'kernels': {name: (seconds per step, calls per step)}, 'python_s'}."""
+    from minidni import kernels
+
+    step = make_step(k, bn, fused)
+    timed(step, warmup)
+    plain = timed(step, steps)
+    mod = kernels.active
+    spent, calls = collections.defaultdict(float), collections.Counter()
+    names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))
+             and (n.endswith(("_forward", "_backward", "_step_")) or n == "sum_rows")]
+    originals = {n: getattr(mod, n) for n in names}
+
+    def wrap(name, fn):
+        def timed_kernel(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - t0
+            calls[name] += 1
+            return out
+        return timed_kernel
+
+    try:
+        for n, fn in originals.items():
+            setattr(mod, n, wrap(n, fn))
+        timed(step, 10)
+        spent.clear(), calls.clear()
+        instrumented = timed(step, steps)
+    finally:
+        for n, fn in originals.items():
+            setattr(mod, n, fn)
+    per_step = {n: (spent[n] / steps, calls[n] // steps) for n in sorted(spent, key=spent.get, reverse=True)}
+    return {"plain_s": plain, "instrumented_s": instrumented, "kernels": per_step,
+            "python_s": instrumented - sum(s for s, _ in per_step.values())}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=5, help="hidden layers k")
+    ap.add_argument("--no-bn", action="store_true", help="no batch norm")
+    ap.add_argument("--fused", action="store_true", help="nn.mlp(..., fused=True)")
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args(argv)
+    from minidni import kernels
+
+    out = profile(args.layers, not args.no_bn, args.fused, args.steps)
+    print(f"784-256x{args.layers}-10, batch norm {'off' if args.no_bn else 'on'}, fused {args.fused}, batch 256, Adam, "
+          f"backend {kernels.get_backend()}: {out['plain_s'] * 1e3:.3f} ms per step "
+          f"({out['instrumented_s'] * 1e3:.3f} ms with every kernel call timed)")
+    for name, (sec, n) in out["kernels"].items():
+        print(f"  {name:<30}{sec * 1e6:9.1f} us per step  ({n} calls)")
+    print(f"  {'rest: Python':<30}{out['python_s'] * 1e6:9.1f} us per step")
+
+
+if __name__ == "__main__":
+    main()
