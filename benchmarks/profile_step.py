@@ -13,27 +13,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_engine.py, beside this file
+from bench_engine import B, D_IN, D_OUT, make_minidni  # noqa: E402
 
-def make_step(k, bn, fused, batch=256, d_in=784, hidden=256, d_out=10):
-    import minidni as md
-    from minidni import nn, ops, optim
 
-    model = nn.mlp(d_in, hidden, d_out, n_hidden=k, batch_norm=bn, rng=0, fused=fused)
-    opt = optim.Adam(model.parameters(), lr=1e-3)
+def make_step(k, bn, fused):
+    """bench_engine.py's training step on the active backend: one call is one step."""
+    from minidni import kernels
+
     rng = np.random.default_rng(0)
-    x, y = md.Tensor(rng.random((batch, d_in), dtype=np.float32)), rng.integers(0, d_out, batch)
-
-    def step():
-        loss = ops.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+    x, y = rng.random((B, D_IN), dtype=np.float32), rng.integers(0, D_OUT, B)
+    return make_minidni(k, bn, kernels.get_backend(), x, y, fused=fused)
 
 
 def timed(step, n):
