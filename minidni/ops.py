@@ -575,37 +575,30 @@ def matmul(a, b):
     return MatMul.apply(a, b)
 
 
-def _check_linear(op, x, W):
+def _linear_inputs(op, x, W, b):
+    """The checked tensors (x, W) or (x, W, b) of a linear layer: 2-D x (N, in) and W (in, out), b of shape (out,)."""
+    x, W = _pair(x, W, op)
     _need_2d(op, "x", x, 2)
     _need_2d(op, "W", W, 2)
     if x.shape[1] != W.shape[0]:
         raise ValueError(f"{op}: x has {x.shape[1]} features (shape {x.shape}) but W expects {W.shape[0]} "
                          f"(W has shape {W.shape}, stored as (in, out))")
-
-
-def _linear_bias(op, b, W):
+    if b is None:
+        return x, W
     b = _as_tensor(b, W, op)
     if b.shape != (W.shape[1],):
         raise ValueError(f"{op}: bias must have shape ({W.shape[1]},) to match W {W.shape}, got {b.shape}")
-    return b
+    return x, W, b
 
 
 def linear(x, W, b=None):
     """y = x W + b for x (N, in), W (in, out), b (out,) or None."""
-    x, W = _pair(x, W, "linear")
-    _check_linear("linear", x, W)
-    if b is None:
-        return Linear.apply(x, W)
-    return Linear.apply(x, W, _linear_bias("linear", b, W))
+    return Linear.apply(*_linear_inputs("linear", x, W, b))
 
 
 def linear_relu(x, W, b=None):
     """y = max(x W + b, 0): `relu(linear(x, W, b))` as one fused op (see `LinearReLU`)."""
-    x, W = _pair(x, W, "linear_relu")
-    _check_linear("linear_relu", x, W)
-    if b is None:
-        return LinearReLU.apply(x, W)
-    return LinearReLU.apply(x, W, _linear_bias("linear_relu", b, W))
+    return LinearReLU.apply(*_linear_inputs("linear_relu", x, W, b))
 
 
 def relu(x):
