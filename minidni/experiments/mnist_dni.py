@@ -115,6 +115,16 @@ def print_comparison(summary):
         print(f"  {label:<12} val error {val:>7}  test error {test:>7}  ({r['wall_time_s']:.1f} s)")
 
 
+def run_comparison(name, runs, out_dir, config, title, *, resume, quiet):
+    """Train `runs` one after another (run_many), then write and (unless quiet) print their comparison."""
+    t0 = time.perf_counter()
+    summaries = run_many(runs, out_dir, resume=resume, quiet=quiet)
+    summary = write_comparison(name, out_dir, summaries, config, title, time.perf_counter() - t0)
+    if not quiet:
+        print_comparison(summary)
+    return summary
+
+
 # ---- mnist-dni-compare -----------------------------------------------------------------------------------------------
 @dataclass
 class CompareConfig(MnistFcnConfig):
@@ -140,13 +150,11 @@ def sub_config(name, config, **values):
 @register("mnist-dni-compare", "backprop vs DNI vs cDNI on the 3-layer MNIST FCN at a small budget: one plot, "
                                "one JSON", CompareConfig)
 def run_compare(config, out_dir, *, resume=False, quiet=False, hooks=()):
-    t0 = time.perf_counter()
     runs = [(m, f"mnist-fcn-{m}", _experiment(f"mnist-fcn-{m}", sub_config(f"mnist-fcn-{m}", config)))
             for m in config.methods]
-    summaries = run_many(runs, out_dir, resume=resume, quiet=True)
-    summary = write_comparison("mnist-dni-compare", out_dir, summaries, config,
-                               f"MNIST FCN, {config.layers} layers, {config.epochs} epochs: validation error",
-                               time.perf_counter() - t0)
+    summary = run_comparison("mnist-dni-compare", runs, out_dir, config,
+                             f"MNIST FCN, {config.layers} layers, {config.epochs} epochs: validation error",
+                             resume=resume, quiet=True)
     if not quiet:
         print_comparison(summary)
     return summary
@@ -162,8 +170,6 @@ class AsyncConfig(CdniFcnConfig):
 @register("mnist-async", "MNIST FCN, cDNI with stochastic updates (each layer updates with probability p): one run "
                          "per p, side by side", AsyncConfig)
 def run_async(config, out_dir, *, resume=False, quiet=False, hooks=()):
-    t0 = time.perf_counter()
-
     def fit(p):
         def one(sub, again):
             train("mnist-async", "mnist", "fcn", "cdni", config, sub, quiet=True,
@@ -172,13 +178,9 @@ def run_async(config, out_dir, *, resume=False, quiet=False, hooks=()):
         return one
 
     runs = [(f"p{p:g}", f"cDNI, p_update = {p:g}", fit(p)) for p in config.p_updates]
-    summaries = run_many(runs, out_dir, resume=resume, quiet=quiet)
-    summary = write_comparison("mnist-async", out_dir, summaries, config,
-                               f"MNIST FCN {config.layers} layers, cDNI, stochastic updates: validation error",
-                               time.perf_counter() - t0)
-    if not quiet:
-        print_comparison(summary)
-    return summary
+    return run_comparison("mnist-async", runs, out_dir, config,
+                          f"MNIST FCN {config.layers} layers, cDNI, stochastic updates: validation error",
+                          resume=resume, quiet=quiet)
 
 
 # ---- mnist-pipeline --------------------------------------------------------------------------------------------------
