@@ -51,6 +51,26 @@ def test_fused_mlp_modules_cut_at_the_same_layers_and_train_identically(batch_no
         np.testing.assert_array_equal(a.data, b.data)
 
 
+@pytest.mark.parametrize("schedule", [S.dni(), S.stochastic(0.5, seed=3)], ids=["dni", "stochastic"])
+def test_reusing_the_synthesizer_forward_in_its_training_step_changes_no_number(schedule):
+    """Interface.train reuses the graph synthetic_gradient built (same h, M unchanged): against a net whose
+    interfaces always run M again, every parameter and Adam moment is bit-identical; only the synthesizers' batch-norm
+    running statistics (used in eval mode only) were updated once per batch instead of twice."""
+    nets = [small_net(schedule, synthesizer="mlp", synth_hidden=(12, 12)) for _ in range(2)]
+    for itf in nets[1].interfaces:
+        itf._reusable = lambda h, y: None
+    r = np.random.default_rng(1)
+    for _ in range(4):
+        x, y = r.standard_normal((8, 10)).astype(np.float32), r.integers(0, 3, 8)
+        assert nets[0].train_step(x, y) == nets[1].train_step(x, y)
+    a, b = (net.state_dict() for net in nets)
+    running = [k for k in a if k.startswith("synth") and "running" in k]
+    assert running and set(a) == set(b)
+    for k in a:
+        if k not in running:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_mnist_fcn_has_dni_after_every_hidden_layer():
     net = mnist_fcn(layers=3, hidden=32, synthesizer="mlp", synth_hidden=(64, 64), conditioned=True)
     assert len(net) == 3 and len(net.interfaces) == 2

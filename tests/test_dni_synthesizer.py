@@ -61,6 +61,60 @@ def test_interface_trains_on_the_mean_squared_error():
     assert np.allclose(synth.net[-1].weight.data, W0 - 0.1 * 2 * h.T @ residual / 12, rtol=1e-14)
 
 
+class CountingSynthesizer(Synthesizer):
+    """A Synthesizer that counts its forward passes."""
+
+    calls = 0
+
+    def forward(self, h, y=None):
+        self.calls += 1
+        return super().forward(h, y)
+
+
+def test_train_reuses_the_prediction_graph_on_the_same_h_and_matches_a_fresh_forward():
+    """synthetic_gradient keeps its graph; train on the very same arrays reuses it: one forward of M, not two, and
+    the step is bit for bit the one a fresh forward gives (MLP with batch norm, cDNI)."""
+    rng = np.random.default_rng(0)
+    h, y, target = rng.normal(size=(8, 5)).astype(np.float32), rng.integers(0, 3, 8), rng.normal(size=(8, 5))
+    pair = [CountingSynthesizer(5, n_classes=3, hidden=(7,), rng=1) for _ in range(2)]
+    itfs = [Interface(s, optim.Adam(s.parameters(), lr=1e-2)) for s in pair]
+    for step in range(3):
+        g0, g1 = (itf.synthetic_gradient(h, y) for itf in itfs)
+        assert np.array_equal(g0, g1)
+        itfs[1].forget()                                       # the reference: M runs again in train
+        for itf in itfs:
+            itf.train(h, y, target.astype(np.float32))
+        a, b = (dict(itf.synthesizer.named_parameters()) for itf in itfs)
+        assert all(np.array_equal(a[n].data, b[n].data) for n in a), f"step {step}"
+    assert itfs[0].steps == itfs[1].steps == 3
+    assert (pair[0].calls, pair[1].calls) == (3, 6)
+
+
+def test_train_runs_m_again_when_the_kept_prediction_is_stale():
+    rng = np.random.default_rng(0)
+    h, g = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
+    synth = CountingSynthesizer(4, hidden=(5,), rng=0)
+    itf = Interface(synth, optim.SGD(synth.parameters(), lr=0.1))
+    itf.synthetic_gradient(h)
+    itf.train(h, None, g)
+    assert synth.calls == 1                                    # reused
+    itf.train(h, None, g)
+    assert synth.calls == 2                                    # used once: M has stepped since
+    itf.synthetic_gradient(h)
+    itf.train(h.copy(), None, g)
+    assert synth.calls == 4                                    # another array (pipelined: another batch's h)
+    itf.synthetic_gradient(h)
+    synth.eval()
+    itf.train(h, None, g)
+    assert synth.calls == 6                                    # another mode
+    synth.train()
+    from minidni.autograd import no_grad
+    with no_grad():
+        itf.synthetic_gradient(h)                              # no graph to keep
+    itf.train(h, None, g)
+    assert synth.calls == 8
+
+
 def test_oracle_needs_a_network_and_is_not_trained():
     with pytest.raises(RuntimeError, match="not bound"):
         Oracle()(Tensor(np.ones((2, 2))))

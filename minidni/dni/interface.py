@@ -20,6 +20,14 @@ The target g_i is one of
                   the last synthesizer's target is the true gradient, and the truth seeps down one interface per
                   step, like a temporal-difference target.
 
+One forward of M is shared. In the per-batch schedules M_i's training step follows its prediction on the same h_i
+with M_i unchanged in between, so `train` would recompute exactly the g_hat that `synthetic_gradient` just made.
+`synthetic_gradient` therefore keeps its graph, and `train` reuses it when it is handed that very h array (and the
+same labels) and M has not stepped or been reloaded since: the same numbers bit for bit (a test checks it), one
+forward of M fewer -- a quarter of the paper's MLP synthesizer's cost. Otherwise (pipelined or delayed targets,
+where M has moved on) `train` runs M again at its current parameters. A batch-norm synthesizer's running statistics
+(never used in training, only in eval mode) are now updated once per batch instead of twice.
+
 The two functions at the bottom do the module updates; the runner (runner.py) calls them for each event.
 """
 from __future__ import annotations
@@ -44,6 +52,8 @@ class Interface:
         if optimizer is None and not isinstance(synthesizer, Oracle):
             raise ValueError(f"Interface {index}: a learned synthesizer needs an optimizer")
         self.synthesizer, self.optimizer, self.index = synthesizer, optimizer, index
+        self.steps = 0          # training steps M has taken through this interface
+        self._kept = None       # (h, y, steps, training mode, g_hat Tensor) of the last prediction, for train()
 
     @property
     def conditioned(self):
@@ -54,24 +64,50 @@ class Interface:
         return self.optimizer is not None
 
     def synthetic_gradient(self, h, y=None):
-        """g_hat = M(h [, y]) as an array of h's shape; no graph is built."""
+        """g_hat = M(h [, y]) as an array of h's shape.
+
+        For a learned synthesizer the graph of this forward is kept, so that `train(h, y, target)` on the same arrays
+        can reuse it (see the module docstring); `forget()` drops it."""
         if isinstance(self.synthesizer, Oracle):  # it backprops through the modules above: needs grad mode on
             g_hat = self.synthesizer(Tensor(h), y).data
+        elif self.learns:
+            out = self.synthesizer(Tensor(h), y)             # with its graph (unless inside no_grad())
+            self._kept = (h, y, self.steps, self.synthesizer.training, out) if out.requires_grad else None
+            g_hat = out.data
         else:
             with no_grad():
                 g_hat = self.synthesizer(Tensor(h), y).data
         assert g_hat.shape == h.shape, f"synthesizer {self.index}: g_hat {g_hat.shape} for h {h.shape}"
         return g_hat
 
+    def _reusable(self, h, y):
+        """The kept g_hat Tensor if it is M(h [, y]) at M's current parameters and mode, else None."""
+        if self._kept is None:
+            return None
+        kh, ky, steps, training, out = self._kept
+        same = kh is h and ky is y and steps == self.steps and training == self.synthesizer.training
+        return out if same else None
+
+    def forget(self):
+        """Drop the kept prediction graph (call it after changing M's parameters other than through train)."""
+        self._kept = None
+
     def train(self, h, y, target):
-        """One optimizer step on L_M = mean((M(h [, y]) - target)^2); returns L_M (0.0 for an Oracle)."""
+        """One optimizer step on L_M = mean((M(h [, y]) - target)^2); returns L_M (0.0 for an Oracle).
+
+        M(h [, y]) is the graph kept by the last `synthetic_gradient` call when that call saw these very arrays and
+        M has not changed since; otherwise M runs again at its current parameters."""
         if not self.learns:
             return 0.0
-        g_hat = self.synthesizer(Tensor(h), y)                   # (B, D), at the synthesizer's current parameters
+        g_hat = self._reusable(h, y)
+        self._kept = None                                         # used once: M is about to change
+        if g_hat is None:
+            g_hat = self.synthesizer(Tensor(h), y)               # (B, D), at the synthesizer's current parameters
         loss = ops.mse_loss(g_hat, Tensor(target))
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        self.steps += 1
         return loss.item()
 
     def __repr__(self):

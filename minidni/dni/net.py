@@ -233,6 +233,8 @@ class DNINet:
             prefix = f"optim/{kind}{i}/"
             opt.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         self._lr = self.optimizers[0].lr
+        for itf in self.interfaces:
+            itf.forget()                              # a kept prediction was made at the old parameters
         self.runner().n_fed = int(state.get("dni/batches", 0))
 
     def __repr__(self):
