@@ -219,7 +219,11 @@ def worker():
     rng = np.random.default_rng(0)
     x = rng.random((B, D_IN), dtype=np.float32)
     y = rng.integers(0, D_OUT, B)
-    step = make_engine(name, int(k), bn == "1", x, y)
+    serve(make_engine(name, int(k), bn == "1", x, y))
+
+
+def serve(step):
+    """The worker's side of `measure`: say ready, then for each line n on stdin print the seconds n steps took."""
     print("ready", flush=True)
     for line in sys.stdin:
         n = int(line)
@@ -229,10 +233,12 @@ def worker():
         print(time.perf_counter() - t, flush=True)
 
 
-def measure(names, k, bn, samples, steps_per_sample, warmup, settle):
+def measure(names, k, bn, samples, steps_per_sample, warmup, settle, script=__file__):
+    """Median steps/s of each engine (and the raw samples): one `script --worker` process per engine name, driven
+    round-robin. Other benchmarks pass their own script, whose worker speaks the same protocol as `worker()`."""
     procs = {}
     for name in names:
-        p = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, str(script), "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
         p.stdin.write(f"{name} {k} {int(bn)}\n")
         p.stdin.flush()

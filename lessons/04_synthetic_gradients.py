@@ -76,10 +76,10 @@ params = [flat(m) for m in net.modules]
 true_grad = {}                     # (i, b) -> dL/dh_i, taken right after module i's forward pass on batch b
 while runner.pending():
     nxt = runner.pending()[0]
-    if nxt.kind == "train_synth":  # compute its loss by hand, before it runs: mean((M_i(h_i) - target)^2)
+    if nxt.kind == "train_synth":  # compute its loss by hand, before it runs: ||M_i(h_i) - target||^2
         i, b = nxt.module, nxt.batch
         h_i, (_, y) = runner.store[("h", i, b)], runner.store[("batch", b)]
-        by_hand = np.mean((net.interfaces[i].synthetic_gradient(h_i, y) - runner.store[("dh", i, b)]) ** 2)
+        by_hand = np.sum((net.interfaces[i].synthetic_gradient(h_i, y) - runner.store[("dh", i, b)]) ** 2)
     event = runner.step()
     i, b = event.module, event.batch
     _, y = runner.store[("batch", b)] if ("batch", b) in runner.store else (None, None)
@@ -143,9 +143,10 @@ assert not runner.store                         # every activation and target ha
 #
 # affine in $(h, Y)$: a **linear conditioned** synthesizer $\hat g = hA + Y A_y + a$ can represent it exactly
 # (Czarnecki et al. 2017, *Understanding Synthetic Gradients and DNIs*), while an unconditioned one, $hA + a$, cannot
-# see $Y$ and must plateau. We train both on fresh random batches with the true gradient as target. Plain SGD: the
-# regression's curvature in each weight column is $2\,\mathbb E[hh^T]/D = 2I/D$ for unit-variance $h$, so the
-# step size $D/2$ is the one that solves it.
+# see $Y$ and must plateau. We train both on fresh random batches with the true gradient as target, on the
+# synthesizer loss $\lVert \hat g - g \rVert^2$ summed over the batch (the paper's, and the `Interface` default).
+# Plain SGD: the regression's curvature in each weight column is $2 \sum_n h_n h_n^T \approx 2B\,I$ for
+# unit-variance $h$, so the step size $1/(2B)$ is the one that solves it.
 
 # %%
 D, C, B = 16, 10, 64
@@ -162,7 +163,7 @@ def least_squares_gradient(h, y):
 interfaces = {}
 for name, n_classes in (("DNI (linear)", None), ("cDNI (linear)", C)):
     s = dni.Synthesizer(D, n_classes, dtype=np.float64, rng=1)
-    interfaces[name] = dni.Interface(s, optim.SGD(s.parameters(), lr=D / 2))
+    interfaces[name] = dni.Interface(s, optim.SGD(s.parameters(), lr=1 / (2 * B)))
 print(f"{'step':>5}" + "".join(f"{name + ' rel. err':>26}" for name in interfaces))
 errors = {name: [] for name in interfaces}
 for step in range(201):
@@ -170,7 +171,7 @@ for step in range(201):
     g = least_squares_gradient(h, y)                                  # the target: the true gradient
     for name, itf in interfaces.items():
         errors[name].append(dni.gradient_agreement(itf.synthetic_gradient(h, y), g)["rel_err"])
-        itf.train(h, y, g)                                            # one SGD step on mean((g_hat - g)^2)
+        itf.train(h, y, g)                                            # one SGD step on ||g_hat - g||^2
     if step % 25 == 0:
         print(f"{step:>5}" + "".join(f"{errors[name][-1]:>26.2e}" for name in interfaces))
 assert errors["cDNI (linear)"][-1] < 1e-6 < 0.1 < errors["DNI (linear)"][-1]

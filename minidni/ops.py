@@ -402,19 +402,28 @@ class SoftmaxCrossEntropy(Function):
 
 
 class MSE(Function):
-    """loss = mean((a - b)^2) over all elements;   da = 2 g (a - b) / size,  db = -da"""
+    """Squared error of a against b over all N = a.size elements, averaged or summed:
+
+        reduction="mean":  loss = sum (a - b)^2 / N      da = 2 g (a - b) / N,  db = -da
+        reduction="sum":   loss = sum (a - b)^2          da = 2 g (a - b),      db = -da
+
+    The kernels compute the mean; the sum is N times it, and its backward hands the kernel g N (2 g N / N = 2 g).
+    """
 
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx, a, b, reduction="mean"):
         loss = kernels.active.mse_forward(a, b)
+        if reduction == "sum":
+            loss = np.asarray(loss * a.size, dtype=a.dtype)
         _check_finite_loss("mse_loss", loss, a, b)
         ctx.save_for_backward(a, b)
+        ctx.scale = a.size if reduction == "sum" else 1
         return loss
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        da = kernels.active.mse_backward(a, b, g)
+        da = kernels.active.mse_backward(a, b, g * ctx.scale)
         return da, (-da if ctx.needs_input_grad[1] else None)
 
 
@@ -682,12 +691,15 @@ def cross_entropy(logits, labels):
     return SoftmaxCrossEntropy.apply(logits, labels=_labels("cross_entropy", logits, labels))
 
 
-def mse_loss(a, b):
-    """Mean squared error mean((a - b)^2) over all elements; a and b must have the same shape."""
+def mse_loss(a, b, reduction="mean"):
+    """Squared error of a against b over all elements: mean((a - b)^2), or with reduction="sum" the squared
+    distance ||a - b||^2; a and b must have the same shape."""
     a, b = _pair(a, b, "mse_loss")
     if a.shape != b.shape:
         raise ValueError(f"mse_loss: shapes must match exactly (no broadcasting in a loss): {a.shape} vs {b.shape}")
-    return MSE.apply(a, b)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"mse_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    return MSE.apply(a, b, reduction=reduction)
 
 
 def _check_batch_norm(op, x, gamma, beta, running_mean, running_var, training):

@@ -48,6 +48,15 @@ def test_bench_kernels_validates_every_kernel(script):
     assert "adam_step_" in res.stdout
 
 
+def test_bench_gemm_split_runs():
+    """The split-products benchmark at a tiny size; without SciPy it measures NumPy and threads only."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_gemm_split.py"), "--reps", "2", "--samples", "1",
+           "--steps-per-sample", "2", "--settle", "0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "numpy-2t" in res.stdout and "threads-1t" in res.stdout
+
+
 def test_bench_dni_help():
     """bench_dni.py needs minutes even with --quick; here we only check it imports and parses its arguments."""
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dni.py"), "--help"], capture_output=True,

@@ -47,18 +47,42 @@ def test_output_scale_multiplies_the_prediction():
     assert np.allclose(b(Tensor(h)).data, 0.5 * a(Tensor(h)).data)
 
 
-def test_interface_trains_on_the_mean_squared_error():
-    """One SGD step by hand: L = mean((h W + b - g)^2) over B*D entries, dW = 2 h^T (g_hat - g) / (B D)."""
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_interface_trains_on_the_squared_error(loss):
+    """One SGD step by hand: L = ||h W + b - g||^2, dW = 2 h^T (g_hat - g); with loss="mean" both are divided by
+    the B*D entries."""
     rng = np.random.default_rng(0)
     synth = Synthesizer(3, dtype=np.float64, rng=0)
     W0 = rng.normal(size=(3, 3))
     synth.net[-1].weight.data[...] = W0
-    itf = Interface(synth, optim.SGD(synth.parameters(), lr=0.1))
+    itf = Interface(synth, optim.SGD(synth.parameters(), lr=0.1), loss=loss)
     h, g = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
-    loss = itf.train(h, None, g)
+    value = itf.train(h, None, g)
     residual = h @ W0 - g
-    assert np.isclose(loss, (residual ** 2).mean(), rtol=1e-14)
-    assert np.allclose(synth.net[-1].weight.data, W0 - 0.1 * 2 * h.T @ residual / 12, rtol=1e-14)
+    n = 12 if loss == "mean" else 1
+    assert np.isclose(value, (residual ** 2).sum() / n, rtol=1e-14)
+    assert np.allclose(synth.net[-1].weight.data, W0 - 0.1 * 2 * h.T @ residual / n, rtol=1e-14)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Interface(synth, optim.SGD(synth.parameters(), lr=0.1), loss="l1")
+
+
+def test_summed_loss_keeps_adam_above_its_eps_where_the_mean_does_not():
+    """Why the synthesizer's loss is a sum: with a batch-mean task loss the targets are ~1e-4 per entry, and the
+    mean over B*D entries leaves the gradients of an MLP synthesizer's hidden layers far below Adam's eps (1e-8),
+    so Adam's steps there shrink; the sum keeps them at full size."""
+    rng = np.random.default_rng(0)
+    B, D = 256, 256                                   # the paper's batch and width: 65,536 entries
+    h, target = rng.normal(size=(B, D)).astype(np.float32), (1e-4 * rng.normal(size=(B, D))).astype(np.float32)
+    moved = {}
+    for loss in ("sum", "mean"):
+        synth = Synthesizer(D, hidden=(16,), rng=0)
+        synth.net[-1].weight.data[...] = rng.normal(size=(16, D)).astype(np.float32) * 1e-4   # a small readout
+        first = synth.net[0].weight.data.copy()
+        itf = Interface(synth, optim.Adam(synth.parameters(), lr=1e-3), loss=loss)
+        itf.train(h, None, target)
+        moved[loss] = np.abs(synth.net[0].weight.data - first).mean()
+    assert moved["sum"] > 0.9e-3                      # Adam's first step is lr per entry when sqrt(v) >> eps
+    assert moved["mean"] < 0.1 * moved["sum"]        # measured: 5e-5 against 1e-3
 
 
 class CountingSynthesizer(Synthesizer):
@@ -147,8 +171,9 @@ def test_linear_cdni_learns_the_exact_gradient_of_a_least_squares_top_layer():
     V = rng.normal(size=(D, C))
     with_label = Synthesizer(D, n_classes=C, dtype=np.float64, rng=1)
     without = Synthesizer(D, dtype=np.float64, rng=1)
-    conditioned = Interface(with_label, optim.SGD(with_label.parameters(), lr=1.0))
-    plain = Interface(without, optim.SGD(without.parameters(), lr=1.0))
+    lr = 1.0 / (N * D)                                  # L_M is summed over the N*D entries
+    conditioned = Interface(with_label, optim.SGD(with_label.parameters(), lr=lr))
+    plain = Interface(without, optim.SGD(without.parameters(), lr=lr))
     for _ in range(600):
         h, y = rng.normal(size=(N, D)), rng.integers(0, C, N)
         g = least_squares_gradient(h, y, V)

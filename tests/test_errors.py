@@ -63,6 +63,13 @@ def test_mse_shape_mismatch():
         ops.mse_loss(t((3, 4)), t((4,)))
 
 
+def test_mse_reduction_is_mean_or_sum():
+    a, b = Tensor(np.arange(6.0).reshape(2, 3)), Tensor(np.zeros((2, 3)))
+    assert ops.mse_loss(a, b, reduction="sum").item() == 55.0 and ops.mse_loss(a, b).item() == 55.0 / 6
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'max'"):
+        ops.mse_loss(a, b, reduction="max")
+
+
 def test_batch_norm_gamma_shape():
     with pytest.raises(ValueError, match=r"batch_norm: x has shape \(5, 3\).*gamma \(4,\)"):
         ops.batch_norm(t((5, 3)), t((4,)), t((3,)))

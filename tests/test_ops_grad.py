@@ -126,6 +126,7 @@ CASES = [
     ("cross_entropy_one_row", lambda z: ops.cross_entropy(z, [2]), [normal(1, 3)]),
     ("mse_loss", ops.mse_loss, [normal(3, 4), normal(3, 4)]),
     ("mse_loss_1d", ops.mse_loss, [normal(5), normal(5)]),
+    ("mse_loss_sum", lambda a, b: ops.mse_loss(a, b, reduction="sum"), [normal(3, 4), normal(3, 4)]),
     # ---- batch norm ----
     ("batch_norm_train", lambda x, g, b: ops.batch_norm(x, g, b), [normal(6, 3), normal(3), normal(3)]),
     ("batch_norm_train_two_rows", lambda x, g, b: ops.batch_norm(x, g, b), [normal(2, 3), normal(3), normal(3)]),

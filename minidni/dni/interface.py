@@ -9,8 +9,13 @@ Module i never waits for the loss. As soon as it has its output h_i it asks M_i 
 
 M_i learns to predict the gradient by regression on a target g_i (the synthetic gradient loss of Sec. 2):
 
-    L_M = ||g_hat_i - g_i||^2                we use ops.mse_loss, i.e. that sum divided by the B*D entries: a constant
-                                             factor, which Adam ignores (up to its eps); it only sets the logged units
+    L_M = ||g_hat_i - g_i||^2                summed over the batch and the units (loss="sum", the default)
+
+The sum matters, although Adam ignores a constant factor on a loss: it does so only while sqrt(v) >> eps (1e-8).
+dL/dh of a batch-mean loss is ~1e-4 per entry, so with the mean over the B*D entries (loss="mean", 65,536 of them at
+B = D = 256) the gradients reaching the hidden layers of an MLP synthesizer are ~1e-9: below eps, Adam's step
+shrinks by 10x and more, and those layers barely learn (measured: docs/results-mnist.md). Summed, they are 65,536x
+larger and Adam works as intended.
 
 The target g_i is one of
   * "true":       dL/dh_i by backprop from the loss through every module above (costly; for analysis),
@@ -39,6 +44,8 @@ from ..autograd import no_grad
 from ..tensor import Tensor
 from .synthesizer import Oracle
 
+SYNTH_LOSSES = ("sum", "mean")
+
 
 class Interface:
     """Synthesizer M_i between module i and module i+1, and the optimizer that trains it.
@@ -46,12 +53,15 @@ class Interface:
     synthesizer   a Synthesizer (or an Oracle, which needs no optimizer)
     optimizer     an optimizer over synthesizer.parameters() (None for an Oracle)
     index         i, the module whose output h_i this interface sits on (for messages)
+    loss          "sum": L_M = ||g_hat - g||^2 (the paper's); "mean": that divided by the number of entries
     """
 
-    def __init__(self, synthesizer, optimizer=None, index=None):
+    def __init__(self, synthesizer, optimizer=None, index=None, loss="sum"):
         if optimizer is None and not isinstance(synthesizer, Oracle):
             raise ValueError(f"Interface {index}: a learned synthesizer needs an optimizer")
-        self.synthesizer, self.optimizer, self.index = synthesizer, optimizer, index
+        if loss not in SYNTH_LOSSES:
+            raise ValueError(f"Interface {index}: loss must be one of {SYNTH_LOSSES}, got {loss!r}")
+        self.synthesizer, self.optimizer, self.index, self.loss = synthesizer, optimizer, index, loss
         self.steps = 0          # training steps M has taken through this interface
         self._kept = None       # (h, y, steps, training mode, g_hat Tensor) of the last prediction, for train()
 
@@ -93,7 +103,8 @@ class Interface:
         self._kept = None
 
     def train(self, h, y, target):
-        """One optimizer step on L_M = mean((M(h [, y]) - target)^2); returns L_M (0.0 for an Oracle).
+        """One optimizer step on L_M = ||M(h [, y]) - target||^2 (or its mean over the entries, loss="mean");
+        returns L_M (0.0 for an Oracle).
 
         M(h [, y]) is the graph kept by the last `synthetic_gradient` call when that call saw these very arrays and
         M has not changed since; otherwise M runs again at its current parameters."""
@@ -103,7 +114,7 @@ class Interface:
         self._kept = None                                         # used once: M is about to change
         if g_hat is None:
             g_hat = self.synthesizer(Tensor(h), y)               # (B, D), at the synthesizer's current parameters
-        loss = ops.mse_loss(g_hat, Tensor(target))
+        loss = ops.mse_loss(g_hat, Tensor(target), reduction=self.loss)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -111,7 +122,8 @@ class Interface:
         return loss.item()
 
     def __repr__(self):
-        return f"Interface {self.index}: {self.synthesizer!r}"
+        loss = "" if self.loss == "sum" or not self.learns else " (loss: mean)"
+        return f"Interface {self.index}: {self.synthesizer!r}{loss}"
 
 
 def update_from_gradient(module, optimizer, inp, out, grad):

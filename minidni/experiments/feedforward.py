@@ -25,6 +25,7 @@ from ..autograd import no_grad
 from ..config import ConfigError, TrainConfig, param
 from ..data import BatchIterator, load_cifar10, load_mnist
 from ..dni import DNINet, adam, mlp_modules
+from ..dni.interface import SYNTH_LOSSES
 from ..dni.schedules import TARGETS
 from ..dni.synthesizer import ConvSynthesizer, Synthesizer
 from ..optim import Adam
@@ -77,6 +78,9 @@ class DniFcnConfig(MnistFcnConfig):
                                           ge=1)
     synth_lr: float = param(3e-5, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
     synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y]): a fixed factor on the prediction", gt=0.0)
+    synth_loss: str = param("sum", "M's regression loss: 'sum' (||g_hat - g||^2, the paper's) or 'mean' (over the "
+                            "entries; Adam's eps then stalls an MLP synthesizer's hidden layers)",
+                            choices=SYNTH_LOSSES)
     target: str = param("bootstrap", "what M_i regresses on: 'bootstrap' (the paper) or 'true' (analysis)",
                         choices=TARGETS)
     diagnose_every: int = param(50, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
@@ -123,6 +127,9 @@ class DniCnnConfig(CnnConfig):
                                           ge=1)
     synth_lr: float = param(1e-4, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
     synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y])", gt=0.0)
+    synth_loss: str = param("sum", "M's regression loss: 'sum' (||g_hat - g||^2, the paper's) or 'mean' (over the "
+                            "entries; Adam's eps then stalls an MLP synthesizer's hidden layers)",
+                            choices=SYNTH_LOSSES)
     target: str = param("bootstrap", "what M_i regresses on: 'bootstrap' or 'true'", choices=TARGETS)
     diagnose_every: int = param(5, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
 
@@ -146,6 +153,9 @@ class DniCifar10FcnConfig(Cifar10FcnConfig):
     synth_hidden: tuple[int, ...] = param((1024, 1024), "hidden widths of an 'mlp' synthesizer", ge=1)
     synth_lr: float = param(1e-4, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
     synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y])", gt=0.0)
+    synth_loss: str = param("sum", "M's regression loss: 'sum' (||g_hat - g||^2, the paper's) or 'mean' (over the "
+                            "entries; Adam's eps then stalls an MLP synthesizer's hidden layers)",
+                            choices=SYNTH_LOSSES)
     target: str = param("bootstrap", "what M_i regresses on", choices=TARGETS)
     diagnose_every: int = param(50, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
 
@@ -213,7 +223,7 @@ def build_dni_net(arch, config, in_shape, conditioned, schedule=None, diagnose_e
     modules, widths = build_modules(arch, config, in_shape, rng)
     synths = build_synthesizers(arch, config, widths, conditioned, rng)
     return DNINet(modules, synths, optimizer=adam(config.lr), synth_optimizer=adam(config.synth_lr),
-                  target=config.target, schedule=schedule,
+                  synth_loss=config.synth_loss, target=config.target, schedule=schedule,
                   diagnose_every=config.diagnose_every if diagnose_every is None else diagnose_every)
 
 
