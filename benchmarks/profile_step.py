@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import sys
 import time
 from pathlib import Path
@@ -40,25 +41,34 @@ def timed(step, n):
 
 
 def profile(k=5, bn=True, fused=False, steps=200, warmup=30):
-    """{'plain_s', 'instrumented_s', 'kernels': {name: (seconds per step, calls per step)}, 'python_s'}."""
+    """{'plain_s', 'instrumented_s', 'kernels': {name: (seconds per step, calls per step)}, 'python_s',
+    'page_faults' (minor faults per plain step)}."""
     from minidni import kernels
 
     step = make_step(k, bn, fused)
     timed(step, warmup)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     plain = timed(step, steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     mod = kernels.active
     spent, calls = collections.defaultdict(float), collections.Counter()
     names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))
              and (n.endswith(("_forward", "_backward", "_step_")) or n == "sum_rows")]
     originals = {n: getattr(mod, n) for n in names}
 
+    depth = [0]   # a kernel that calls another (linear_relu_backward -> linear_backward) is timed once, outermost
+
     def wrap(name, fn):
         def timed_kernel(*args, **kwargs):
+            depth[0] += 1
             t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            spent[name] += time.perf_counter() - t0
-            calls[name] += 1
-            return out
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    spent[name] += time.perf_counter() - t0
+                    calls[name] += 1
         return timed_kernel
 
     try:
@@ -71,7 +81,7 @@ def profile(k=5, bn=True, fused=False, steps=200, warmup=30):
         for n, fn in originals.items():
             setattr(mod, n, fn)
     per_step = {n: (spent[n] / steps, calls[n] // steps) for n in sorted(spent, key=spent.get, reverse=True)}
-    return {"plain_s": plain, "instrumented_s": instrumented, "kernels": per_step,
+    return {"plain_s": plain, "instrumented_s": instrumented, "kernels": per_step, "page_faults": faults,
             "python_s": instrumented - sum(s for s, _ in per_step.values())}
 
 
@@ -91,6 +101,7 @@ def main(argv=None):
     for name, (sec, n) in out["kernels"].items():
         print(f"  {name:<30}{sec * 1e6:9.1f} us per step  ({n} calls)")
     print(f"  {'rest: Python':<30}{out['python_s'] * 1e6:9.1f} us per step")
+    print(f"minor page faults per step: {out['page_faults']:.2f} (temporaries freed and re-allocated would show here)")
 
 
 if __name__ == "__main__":

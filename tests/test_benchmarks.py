@@ -81,3 +81,17 @@ def test_profile_step_accounts_for_every_kernel_call():
     assert calls["linear_forward"] == 3 and calls["batchnorm_relu_train_forward"] == 2
     assert calls["softmax_xent_forward"] == 1 and calls["adam_step_"] == 8
     assert out["plain_s"] > 0 and out["instrumented_s"] > 0
+    assert out["page_faults"] >= 0
+
+
+def test_profile_step_times_a_kernel_that_calls_another_once():
+    """linear_relu_backward calls linear_backward: only the outer call is counted, so no time is counted twice."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import profile_step
+    finally:
+        sys.path.pop(0)
+    out = profile_step.profile(k=2, bn=False, fused=True, steps=3, warmup=1)
+    calls = {name: n for name, (_, n) in out["kernels"].items()}
+    assert calls["linear_relu_backward"] == 2 and calls["linear_backward"] == 1   # the output layer's only
+    assert sum(s for s, _ in out["kernels"].values()) < out["instrumented_s"]

@@ -137,9 +137,9 @@ def test_bootstrapped_target_by_hand():
             break
     assert np.allclose(seen[("dh", 0, 0)], target_0, rtol=1e-12, atol=1e-14)
     assert np.allclose(seen[("dh", 1, 0)], target_1, rtol=1e-12, atol=1e-14)
-    residual = h0 @ A0 + a0 - target_0                      # L_M = ||h0 A0 + a0 - target_0||^2, summed
-    assert np.allclose(synths[0].net[-1].weight.data, A0 - lr * 2 * h0.T @ residual, rtol=1e-12)
-    assert np.allclose(synths[0].net[-1].bias.data, a0 - lr * 2 * residual.sum(0), rtol=1e-12)
+    residual = h0 @ A0 + a0 - target_0
+    assert np.allclose(synths[0].net[-1].weight.data, A0 - lr * 2 * h0.T @ residual / (BATCH * HIDDEN), rtol=1e-12)
+    assert np.allclose(synths[0].net[-1].bias.data, a0 - lr * 2 * residual.sum(0) / (BATCH * HIDDEN), rtol=1e-12)
 
 
 def test_true_target_equals_the_backprop_gradient_and_leaves_the_net_untouched():

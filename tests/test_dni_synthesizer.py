@@ -67,9 +67,9 @@ def test_interface_trains_on_the_squared_error(loss):
 
 
 def test_summed_loss_keeps_adam_above_its_eps_where_the_mean_does_not():
-    """Why the synthesizer's loss is a sum: with a batch-mean task loss the targets are ~1e-4 per entry, and the
-    mean over B*D entries leaves the gradients of an MLP synthesizer's hidden layers far below Adam's eps (1e-8),
-    so Adam's steps there shrink; the sum keeps them at full size."""
+    """With a batch-mean task loss the targets are ~1e-4 per entry, and the mean over B*D entries leaves the
+    gradients of an MLP synthesizer's hidden layers far below Adam's eps (1e-8), so Adam's steps there shrink; the
+    sum (loss="sum") keeps them at full size."""
     rng = np.random.default_rng(0)
     B, D = 256, 256                                   # the paper's batch and width: 65,536 entries
     h, target = rng.normal(size=(B, D)).astype(np.float32), (1e-4 * rng.normal(size=(B, D))).astype(np.float32)
@@ -171,7 +171,7 @@ def test_linear_cdni_learns_the_exact_gradient_of_a_least_squares_top_layer():
     V = rng.normal(size=(D, C))
     with_label = Synthesizer(D, n_classes=C, dtype=np.float64, rng=1)
     without = Synthesizer(D, dtype=np.float64, rng=1)
-    lr = 1.0 / (N * D)                                  # L_M is summed over the N*D entries
+    lr = 1.0                                            # on L_M averaged over the N*D entries
     conditioned = Interface(with_label, optim.SGD(with_label.parameters(), lr=lr))
     plain = Interface(without, optim.SGD(without.parameters(), lr=lr))
     for _ in range(600):

@@ -41,7 +41,7 @@ class DNINet:
     loss             loss(logits, y) -> scalar Tensor (default: softmax cross-entropy)
     optimizer        factory params -> optimizer, for each module (default Adam, lr 1e-3)
     synth_optimizer  factory for each synthesizer (default: the same as `optimizer`)
-    synth_loss       "sum" (the paper's ||g_hat - g||^2) or "mean" over the entries: see interface.py on why it matters
+    synth_loss       "mean" of the squared error over the entries, or "sum" (the paper's ||g_hat - g||^2): interface.py
     target           "bootstrap" (the paper's) or "true": what each M_i regresses on (see interface.py)
     schedule         the update schedule `train_step` uses (default dni()); it must be per-batch
     synthetic_inputs list of n-1 models I_1..I_{n-1} predicting module j's input from x (complete unlock, unlock.py)
@@ -50,7 +50,7 @@ class DNINet:
     """
 
     def __init__(self, modules, synthesizers=None, *, loss=ops.cross_entropy, optimizer=None, synth_optimizer=None,
-                 synth_loss="sum", target="bootstrap", schedule=None, synthetic_inputs=None, input_optimizer=None,
+                 synth_loss="mean", target="bootstrap", schedule=None, synthetic_inputs=None, input_optimizer=None,
                  diagnose_every=0):
         self.modules = list(modules)
         n = len(self.modules)
@@ -295,7 +295,7 @@ def make_synthesizer(kind, features, n_classes=None, hidden=(1024, 1024), dtype=
 
 
 def mnist_fcn(layers=4, hidden=256, synthesizer="linear", synth_hidden=(1024, 1024), conditioned=False,
-              target="bootstrap", lr=1e-3, synth_lr=None, synth_loss="sum", schedule=None, batch_norm=True,
+              target="bootstrap", lr=1e-3, synth_lr=None, synth_loss="mean", schedule=None, batch_norm=True,
               dtype=np.float32, seed=0, in_features=784, n_classes=10, diagnose_every=0, fused=False):
     """The MNIST FCN of Sec. 3.3 with DNI after every hidden layer: `layers` weight layers (the paper: 3 to 6),
     layers - 1 hidden layers of `hidden` units (Linear -> BatchNorm -> ReLU), then the output layer, all trained with
