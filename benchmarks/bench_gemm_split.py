@@ -42,21 +42,26 @@ def have_scipy():
         return False
 
 
-def blas_threads(n, only_scipy=False):
-    """Limit BLAS (every loaded OpenBLAS, or only SciPy's) to n threads, for the rest of the process."""
+def blas_threads(n):
+    """Limit every OpenBLAS loaded so far to n threads (NumPy's and, once imported, SciPy's: numba calls the
+    latter), for the rest of the process. A library loaded later keeps its own default."""
     from threadpoolctl import ThreadpoolController
 
     for lib in ThreadpoolController().lib_controllers:
-        if lib.internal_api == "openblas" and (not only_scipy or "scipy" in lib.filepath):
+        if lib.internal_api == "openblas":
             lib.set_num_threads(n)
 
 
 # ---- the prange-1t kernels: two BLAS calls, one per OpenMP thread ----------------------------------------------------------
 def prange_kernels():
     """(pair, halves): pair(a1, b1, o1, a2, b2, o2) computes o1 = a1 b1 and o2 = a2 b2 at once; halves(a, b, o) is
-    o = a b as two row halves. The operands must be contiguous (C or F) for numba to call BLAS without a copy."""
+    o = a b as two row halves. The operands must be contiguous (C or F) for numba to call BLAS without a copy.
+    Limits BLAS to one thread (after SciPy's OpenBLAS is loaded: two OpenMP threads each starting two BLAS threads
+    on two cores made every product ~20x slower when we got this order wrong)."""
     import scipy.linalg  # noqa: F401
     from numba import njit, prange
+
+    blas_threads(1)
 
     @njit(nogil=True, parallel=True)
     def pair(a1, b1, o1, a2, b2, o2):
@@ -180,7 +185,6 @@ def micro(reps):
     rows["threads-1t"] = (time_us(pair_threads, reps), time_us(rows_threads, reps))
     rows["hand-off alone"] = (time_us(lambda: (w.submit(int), w.wait()), reps), float("nan"))
     if have_scipy():
-        blas_threads(1, only_scipy=True)
         pair, halves = prange_kernels()
         pair(g, W.T, dx, h.T, g, dW)
         halves(x, W0, y)
@@ -197,8 +201,7 @@ def worker():
     """bench_engine.measure's worker protocol: build the engine named on stdin, then time n steps per request."""
     name, k, bn = sys.stdin.readline().split()
     if name == "split":
-        blas_threads(1, only_scipy=True)
-        patch_engine_with_prange_gemms()
+        patch_engine_with_prange_gemms()          # one BLAS thread per OpenMP thread
     rng = np.random.default_rng(0)
     x, y = rng.random((B, D_IN), dtype=np.float32), rng.integers(0, D_OUT, B)
     from minidni import kernels

@@ -6,7 +6,9 @@ them against each other on random shapes (non-contiguous and broadcast inputs in
 Choices, each measured on the 2-core development machine (numbers in benchmarks/results/, `benchmarks/bench_engine.py`):
   * Matrix products stay NumPy (`np.matmul` -> OpenBLAS) *between* jitted kernels. `np.dot` inside `@njit` would
     need SciPy as a dependency (numba reaches BLAS through it) and gives no speed over calling BLAS from Python:
-    a 256x256 GEMM is ~100 us, the Python call ~1 us.
+    a 256x256 GEMM is ~100 us, the Python call ~1 us. Nor does splitting a step's products over the cores
+    ourselves (`np.dot` in a `prange(2)` kernel, one BLAS thread each): the backward pair dx, dW ran 23% faster,
+    whole training steps 4-7% slower (benchmarks/bench_gemm_split.py, docs/engine-speed.md).
   * `nogil=True`: kernels release the GIL, so the DNI concurrent runner's threads run them at the same time.
   * No `parallel=True`: with BLAS already using both cores, numba's OpenMP/TBB threads fight BLAS's threads
     (7 vs 223 steps/s seen with a spinning OpenMP layer); these kernels are memory-bound and short, so the parallel
