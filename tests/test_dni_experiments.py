@@ -107,6 +107,17 @@ def test_no_bprop_moves_only_the_output_layer():
         assert np.array_equal(p.data, old) != (id(p) in head)
 
 
+def test_synth_loss_setting_reaches_every_interface():
+    from minidni.config import ConfigError, override
+    from minidni.experiments.feedforward import CdniFcnConfig, DniCnnConfig, build_dni_net
+
+    assert CdniFcnConfig().synth_loss == DniCnnConfig().synth_loss == "mean"
+    net = build_dni_net("fcn", override(CdniFcnConfig(), {"synth_loss": "sum", "hidden": 8}), (784,), True)
+    assert [itf.loss for itf in net.interfaces] == ["sum", "sum"] and "(loss: sum)" in repr(net.interfaces[0])
+    with pytest.raises(ConfigError, match="synth_loss"):
+        override(CdniFcnConfig(), {"synth_loss": "l1"})
+
+
 def test_cifar10_needs_data_and_runs_on_a_given_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MINIDNI_DATA", raising=False)
     assert exit_code(["run", "cifar10-fcn-dni", "--out", str(tmp_path / "none"), "--quiet"]) == 1
