@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minidni import optim
+from minidni.autograd import no_grad
 from minidni.dni import ConvSynthesizer, Interface, Oracle, Synthesizer, gradient_agreement, one_hot
 from minidni.tensor import Tensor
 
@@ -132,7 +133,6 @@ def test_train_runs_m_again_when_the_kept_prediction_is_stale():
     itf.train(h, None, g)
     assert synth.calls == 6                                    # another mode
     synth.train()
-    from minidni.autograd import no_grad
     with no_grad():
         itf.synthetic_gradient(h)                              # no graph to keep
     itf.train(h, None, g)
