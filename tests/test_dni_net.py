@@ -71,6 +71,16 @@ def test_reusing_the_synthesizer_forward_in_its_training_step_changes_no_number(
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_load_state_dict_drops_the_kept_synthesizer_predictions():
+    """A prediction kept for Interface.train was made at the old parameters: loading a state must drop it."""
+    net = small_net()
+    for itf in net.interfaces:
+        itf.synthetic_gradient(np.ones((16, 16), np.float32))
+    assert all(itf._kept is not None for itf in net.interfaces)
+    net.load_state_dict(small_net(seed=4).state_dict())
+    assert all(itf._kept is None for itf in net.interfaces)
+
+
 def test_mnist_fcn_has_dni_after_every_hidden_layer():
     net = mnist_fcn(layers=3, hidden=32, synthesizer="mlp", synth_hidden=(64, 64), conditioned=True)
     assert len(net) == 3 and len(net.interfaces) == 2
