@@ -148,6 +148,9 @@ class Worker(threading.Thread):
 
 
 def time_us(fn, reps):
+    """Microseconds per call: the median over 7 samples of `reps` back-to-back calls. Unlike bench_kernels.best_us
+    (each call timed alone) the calls follow each other without a timer between them, so a hand-off to a thread
+    that is still awake is timed as a training step would see it."""
     for _ in range(max(5, reps // 10)):
         fn()
     samples = []

@@ -293,12 +293,23 @@ def test_reduction_hypothesis(sa, keepdims, op, layout, data, backend):
     jvp_vjp_check(fn, inputs, r)
 
 
+def _linear_inputs(r, n, i, o, bias, layout):
+    """x (n, i), W (i, o) and, with bias, b (o,): random, in the drawn memory layout."""
+    return [with_layout(r.standard_normal(s), layout) for s in ((n, i), (i, o)) + (((o,),) if bias else ())]
+
+
+def _batch_norm_inputs(r, n, c, layout):
+    """Running mean and variance (c,), and [x (n, c), gamma (c,), beta (c,)] in the drawn memory layout."""
+    mean, var = r.standard_normal(c), r.uniform(0.5, 2.0, c)
+    return mean, var, [with_layout(r.standard_normal(s), layout) for s in ((n, c), (c,), (c,))]
+
+
 @SETTINGS
 @given(n=st.integers(1, 5), i=st.integers(1, 5), o=st.integers(1, 5), bias=st.booleans(),
        layout=st.sampled_from(LAYOUTS), data=st.data())
 def test_linear_hypothesis(n, i, o, bias, layout, data, backend):
     r = _seeded(data.draw)
-    inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, i), (i, o)) + (((o,),) if bias else ())]
+    inputs = _linear_inputs(r, n, i, o, bias, layout)
     out = gradcheck(ops.linear, inputs)
     np.testing.assert_allclose(out.data, inputs[0] @ inputs[1] + (inputs[2] if bias else 0), rtol=1e-12, atol=1e-12)
     jvp_vjp_check(ops.linear, inputs, r)
@@ -309,9 +320,8 @@ def test_linear_hypothesis(n, i, o, bias, layout, data, backend):
        data=st.data())
 def test_batch_norm_hypothesis(n, c, training, layout, data, backend):
     r = _seeded(data.draw)
-    mean, var = r.standard_normal(c), r.uniform(0.5, 2.0, c)
+    mean, var, inputs = _batch_norm_inputs(r, n, c, layout)
     fn = lambda x, g, b: ops.batch_norm(x, g, b, mean.copy(), var.copy(), training=training)  # noqa: E731
-    inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, c), (c,), (c,))]
     gradcheck(fn, inputs)
     jvp_vjp_check(fn, inputs, r)
 
@@ -321,7 +331,7 @@ def test_batch_norm_hypothesis(n, c, training, layout, data, backend):
        layout=st.sampled_from(LAYOUTS), data=st.data())
 def test_linear_relu_hypothesis(n, i, o, bias, layout, data, backend):
     r = _seeded(data.draw)
-    inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, i), (i, o)) + (((o,),) if bias else ())]
+    inputs = _linear_inputs(r, n, i, o, bias, layout)
     out = gradcheck(ops.linear_relu, inputs)
     expected = ops.relu(ops.linear(*inputs))                     # the unfused pair: the same numbers, bit for bit
     np.testing.assert_array_equal(out.data, expected.data)
@@ -333,9 +343,8 @@ def test_linear_relu_hypothesis(n, i, o, bias, layout, data, backend):
        data=st.data())
 def test_batch_norm_relu_hypothesis(n, c, training, layout, data, backend):
     r = _seeded(data.draw)
-    mean, var = r.standard_normal(c), r.uniform(0.5, 2.0, c)
+    mean, var, inputs = _batch_norm_inputs(r, n, c, layout)
     fn = lambda x, g, b: ops.batch_norm_relu(x, g, b, mean.copy(), var.copy(), training=training)  # noqa: E731
-    inputs = [with_layout(r.standard_normal(s), layout) for s in ((n, c), (c,), (c,))]
     out = gradcheck(fn, inputs)
     expected = ops.relu(ops.batch_norm(*inputs, mean.copy(), var.copy(), training=training))
     np.testing.assert_array_equal(out.data, expected.data)

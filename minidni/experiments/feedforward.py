@@ -65,6 +65,12 @@ class OutputLayerOnly(Backprop):
 
 
 # ---- configs ---------------------------------------------------------------------------------------------------------
+def synth_loss_param():
+    """The `synth_loss` setting every DNI config shares (interface.py explains the choice)."""
+    return param("mean", "M's regression loss: 'mean' squared error, or 'sum' (||g_hat - g||^2, the paper's; Adam's "
+                         "eps damps an MLP synthesizer's hidden layers less)", choices=SYNTH_LOSSES)
+
+
 @dataclass
 class DniFcnConfig(MnistFcnConfig):
     # Synthesizers. The paper's DNI synthesizer is an MLP with two hidden layers of 1024 units (batch norm, ReLU);
@@ -80,8 +86,7 @@ class DniFcnConfig(MnistFcnConfig):
                                           ge=1)
     synth_lr: float = param(3e-5, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
     synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y]): a fixed factor on the prediction", gt=0.0)
-    synth_loss: str = param("mean", "M's regression loss: 'mean' squared error, or 'sum' (||g_hat - g||^2, the "
-                            "paper's; Adam's eps damps an MLP synthesizer's hidden layers less)", choices=SYNTH_LOSSES)
+    synth_loss: str = synth_loss_param()
     target: str = param("bootstrap", "what M_i regresses on: 'bootstrap' (the paper) or 'true' (analysis)",
                         choices=TARGETS)
     diagnose_every: int = param(50, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
@@ -130,8 +135,7 @@ class DniCnnConfig(CnnConfig):
                                           ge=1)
     synth_lr: float = param(1e-5, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
     synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y])", gt=0.0)
-    synth_loss: str = param("mean", "M's regression loss: 'mean' squared error, or 'sum' (||g_hat - g||^2, the "
-                            "paper's; Adam's eps damps an MLP synthesizer's hidden layers less)", choices=SYNTH_LOSSES)
+    synth_loss: str = synth_loss_param()
     target: str = param("bootstrap", "what M_i regresses on: 'bootstrap' or 'true'", choices=TARGETS)
     diagnose_every: int = param(5, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
 
@@ -155,8 +159,7 @@ class DniCifar10FcnConfig(Cifar10FcnConfig):
     synth_hidden: tuple[int, ...] = param((1024, 1024), "hidden widths of an 'mlp' synthesizer", ge=1)
     synth_lr: float = param(1e-4, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
     synth_scale: float = param(1.0, "g_hat = synth_scale * M(h [, y])", gt=0.0)
-    synth_loss: str = param("mean", "M's regression loss: 'mean' squared error, or 'sum' (||g_hat - g||^2, the "
-                            "paper's; Adam's eps damps an MLP synthesizer's hidden layers less)", choices=SYNTH_LOSSES)
+    synth_loss: str = synth_loss_param()
     target: str = param("bootstrap", "what M_i regresses on", choices=TARGETS)
     diagnose_every: int = param(50, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
 
