@@ -11,14 +11,17 @@
 # its gradient exists only once the backward walk you are about to see has come down from the loss. A synthetic
 # gradient replaces that walk.
 #
-# Run it as a script (`python lessons/01_autodiff_from_scratch.py`) or open it as a notebook (each `# %%` is a cell).
+# Run it as a script (`python lessons/01_autodiff_from_scratch.py`) or as a notebook (`python lessons/make_notebooks.py`
+# writes one per lesson; docs/lessons.md).
 
 # %%
 import numpy as np
 
 import minidni as md
+from minidni.lesson import heading
 
 np.set_printoptions(precision=5, suppress=True)
+heading("Lesson 1: automatic differentiation, from the graph to the gradient", level=1)
 
 # %% [markdown]
 # ## 1. One neuron and its loss
@@ -30,6 +33,9 @@ np.set_printoptions(precision=5, suppress=True)
 # graph below is readable. Python numbers become float32 scalars (shape `()`).
 
 # %%
+heading("1. One neuron and its loss")
+
+
 def named(tensor, name):
     """Give a tensor a name for printing (it changes nothing else)."""
     tensor.name = name
@@ -65,6 +71,9 @@ print("L =", L)
 # Python's limit on a graph thousands of ops deep) and prints each node indented under the node that uses it.
 
 # %%
+heading("2. The graph")
+
+
 def describe(node):
     if node.op:
         return f"op {node.op}"
@@ -106,6 +115,9 @@ print_graph(L)
 # visited: nothing asked for their gradient.
 
 # %%
+heading("3. The backward pass, step by step")
+
+
 def trace_printer(root):
     """A trace callback for a scalar graph: prints d root / d node as the walk reaches each node."""
     def print_step(node, grad):
@@ -130,6 +142,7 @@ print(f"w.grad = {w.grad.item():+.6f}   b.grad = {b.grad.item():+.6f}")
 # and compare with the engine's float32 results.
 
 # %%
+heading("4. The same numbers by hand: the chain rule")
 xv, tv, wv, bv = 0.5, 0.2, -1.5, 0.3
 hv = np.tanh(wv * xv + bv)
 dv = hv - tv
@@ -150,6 +163,7 @@ for prm in (w, b):
 # A smaller case: $y = a \cdot a + a$ has $dy/da = 2a + 1$: three uses, three contributions.
 
 # %%
+heading("A node used twice: gradients add up", level=3)
 a = md.Tensor(3.0, requires_grad=True, name="a")
 aa = named(a * a, "aa")
 y = named(aa + a, "y")
@@ -172,6 +186,7 @@ assert a.grad == 7.0
 # gradient has the shape of the tensor it belongs to** (`b1.grad` is (5,), though `b1` was broadcast over 4 rows).
 
 # %%
+heading("5. A two-layer network")
 rng = np.random.default_rng(0)
 X = md.Tensor(rng.normal(size=(4, 3)), name="x")
 labels = np.array([0, 2, 1, 2])
@@ -247,6 +262,9 @@ for prm in params:
 # The perturbed losses need no graph, so they run under `md.no_grad()` (see section 7).
 
 # %%
+heading("6. Finite differences: checking without trusting any derivation")
+
+
 def loss_value():
     with md.no_grad():
         return net_loss(X)[0].item()
@@ -294,9 +312,10 @@ assert np.isclose(directional, inner, rtol=1e-6)
 #
 # **A second backward.** To save memory, `backward()` releases the arrays each op saved for its backward (`h`, `d`,
 # the inputs of a multiply, ...). Calling it again on the same graph raises an error instead of silently adding the
-# gradients a second time:
+# gradients a second time. The error is the point here: we catch it and print it.
 
 # %%
+heading("7. Rules: a second backward, `no_grad`, `detach`")
 w.grad = b.grad = None
 L = neuron_loss()
 L.backward()
@@ -304,7 +323,8 @@ try:
     L.backward()
     raise AssertionError("a second backward() should have raised")  # not a RuntimeError: it would escape
 except RuntimeError as err:
-    print("RuntimeError:", err)
+    print("expected: a second backward() over the same graph is refused, with this message:")
+    print("    RuntimeError:", err)
 
 # %% [markdown]
 # If you do mean to backpropagate twice, say so with `retain_graph=True` on the first call. Gradients then
@@ -346,6 +366,7 @@ assert np.isclose(w.grad, h.data) and b.grad is None
 # Look back at the order of the two-layer network's backward pass:
 
 # %%
+heading("8. Why DNI exists: update locking")
 print(" -> ".join(arrivals))
 for name in ("W2", "W1"):
     print(f"{name} gets its gradient at step {arrivals.index(name) + 1} of {len(arrivals)}")

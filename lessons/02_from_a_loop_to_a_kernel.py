@@ -11,7 +11,12 @@
 # and Numba. We check they agree exactly, time them, and see why each is as fast as it is. Then the same for an Adam
 # update, where fusing many NumPy passes into one loop pays most, and a matrix product, which we leave to BLAS.
 #
-# Timings depend on the machine and on what else runs on it; the tables print what *this* run measured.
+# Timings depend on the machine and on what else runs on it; the tables print what *this* run measured. Each time
+# is the best of several runs, and a table whose runs spread widely says so: on a busy machine, read its ratios as
+# rough, or rerun when the machine is quiet.
+#
+# Run it as a script (`python lessons/02_from_a_loop_to_a_kernel.py`) or as a notebook
+# (`python lessons/make_notebooks.py`; docs/lessons.md).
 
 # %%
 import inspect
@@ -19,16 +24,20 @@ import time
 
 import numpy as np
 from numba import njit
+from threadpoolctl import threadpool_limits
 
 import minidni as md
 from minidni.kernels import cpu, reference
+from minidni.lesson import heading
 
 rng = np.random.default_rng(0)
+heading("Lesson 2: from a loop to a kernel", level=1)
 
 
-def best_us(fn, *args, repeat=7):
-    """Time fn(*args) with time.perf_counter: the best of `repeat` runs, each of enough calls to last ~2 ms.
-    Returns microseconds per call. The best, not the mean: other processes only ever add time."""
+def time_us(fn, *args, repeat=7):
+    """Time fn(*args) with time.perf_counter: `repeat` runs, each of enough calls to last ~2 ms. Returns the
+    microseconds per call of every run, fastest first. The best run is the estimate (other processes only ever add
+    time); how far the others spread says how busy the machine was."""
     once = []
     for _ in range(3):  # also warms caches; the fastest call sets how many calls make one run
         t0 = time.perf_counter()
@@ -41,18 +50,46 @@ def best_us(fn, *args, repeat=7):
         for _ in range(number):
             fn(*args)
         runs.append((time.perf_counter() - t0) / number)
-    return min(runs) * 1e6
+    return sorted(r * 1e6 for r in runs)
+
+
+NOISY = 1.5  # a median run this many times the best: something else held the CPU while the row was timed
+
+
+def spread(runs):
+    """median / best of time_us's runs: about 1.0 on a quiet machine."""
+    return float(np.median(runs)) / runs[0]
 
 
 def table(title, rows, baseline, bytes_moved=None):
-    """Print name | microseconds | speed-up over `baseline` (| GB/s if bytes_moved is given)."""
+    """Print name | best microseconds | speed-up over `baseline` | median/best (| GB/s if bytes_moved is given), from
+    {name: time_us(...)}, and say so when a row's runs spread too far to trust its ratio. Returns {name: best us}."""
+    best = {name: runs[0] for name, runs in rows.items()}
     print(title)
-    print(f"  {'version':34s} {'time (us)':>11s} {'speed-up':>9s}" + (f" {'GB/s':>7s}" if bytes_moved else ""))
-    for name, us in rows.items():
-        line = f"  {name:34s} {us:11.1f} {rows[baseline] / us:8.1f}x"
+    print(f"  {'version':34s} {'time (us)':>11s} {'speed-up':>9s} {'median/best':>11s}"
+          + (f" {'GB/s':>7s}" if bytes_moved else ""))
+    for name, us in best.items():
+        line = f"  {name:34s} {us:11.1f} {best[baseline] / us:8.1f}x {spread(rows[name]):11.2f}"
         if bytes_moved:
             line += f" {bytes_moved / us / 1e3:7.2f}"
         print(line)
+    noisy = [name for name, runs in rows.items() if spread(runs) > NOISY]
+    if noisy:
+        print(f"  noisy (median/best over {NOISY}): {'; '.join(noisy)}. Other work competed for the CPU: read these "
+              "ratios as rough, or rerun on a quiet machine.")
+    return best
+
+
+def compare(rows, slow, fast):
+    """One sentence on whether `fast` beat `slow` ({name: time_us(...)}), or that this run cannot tell: when the fast
+    version's best run lost (on an idle machine it does not), or when the runs spread too far to trust the ratio."""
+    ratio = rows[slow][0] / rows[fast][0]
+    if ratio <= 1:
+        return (f"too busy to tell: the best run of {fast} was not faster than {slow}. Its runs were starved of CPU "
+                "by other work; rerun when the machine is quiet.")
+    if max(spread(rows[slow]), spread(rows[fast])) > NOISY:
+        return f"{fast} beat {slow} {ratio:.1f}x, but the runs spread widely (a busy machine): the ratio is rough."
+    return f"{fast} is {ratio:.1f}x faster than {slow}."
 
 
 # %% [markdown]
@@ -64,6 +101,9 @@ def table(title, rows, baseline, bytes_moved=None):
 # positive, so was `x`), which is what `ops.ReLU` saves. Written as the loop it is, over a flat array of N floats:
 
 # %%
+heading("1. The op: ReLU")
+
+
 def relu_forward_loop(x):
     y = np.empty_like(x)
     for i in range(x.size):
@@ -84,6 +124,7 @@ def relu_backward_loop(y, g):
 # NumPy runs each whole-array expression as one precompiled C loop. The reference kernels are one line each:
 
 # %%
+heading("2. NumPy: the reference kernels")
 print(inspect.getsource(reference.relu_forward))
 print(inspect.getsource(reference.relu_backward))
 
@@ -98,6 +139,7 @@ print(inspect.getsource(reference.relu_backward))
 # engine's kernel (its wrapper `cpu.relu_forward` flattens the input and allocates the output):
 
 # %%
+heading("3. Numba: compile the loop")
 print(inspect.getsource(cpu._relu_forward.py_func))
 
 # %% [markdown]
@@ -142,6 +184,7 @@ print(f"first calls (JIT compile included): forward {compile_fwd * 1e3:.0f} ms, 
 # ReLU has no rounding, so all versions must agree **exactly** (`np.array_equal`), forward and backward:
 
 # %%
+heading("4. Same answers, different speeds")
 y = reference.relu_forward(x)
 dx = reference.relu_backward(y, g)
 for name, fwd, bwd in [("loop", relu_forward_loop, relu_backward_loop),
@@ -168,7 +211,7 @@ versions = {
     "Numba (cpu.py)": forward_backward(cpu.relu_forward, cpu.relu_backward),
     "Numba (inline)": forward_backward(relu_forward_numba, relu_backward_numba),
 }
-rows = {name: best_us(fn, x, g, repeat=3 if name == "Python loop" else 7) for name, fn in versions.items()}
+rows = {name: time_us(fn, x, g, repeat=3 if name == "Python loop" else 7) for name, fn in versions.items()}
 table(f"ReLU forward + backward, N = {N:,}", rows, "Python loop", bytes_moved=5 * 4 * N)
 
 # %% [markdown]
@@ -184,8 +227,9 @@ table(f"ReLU forward + backward, N = {N:,}", rows, "Python loop", bytes_moved=5 
 N_big = 2_000_000
 x_big = rng.normal(size=N_big).astype(np.float32)
 g_big = rng.normal(size=N_big).astype(np.float32)
-rows = {name: best_us(versions[name], x_big, g_big, repeat=3) for name in list(versions)[1:]}
+rows = {name: time_us(versions[name], x_big, g_big, repeat=3) for name in list(versions)[1:]}
 table(f"ReLU forward + backward, N = {N_big:,}", rows, "NumPy (reference.py)", bytes_moved=5 * 4 * N_big)
+print(compare(rows, "NumPy (reference.py)", "Numba (inline)"))
 
 # %% [markdown]
 # The op does not know which kernel it runs: `ops.ReLU` calls `kernels.active.relu_forward`. Switching the backend
@@ -216,6 +260,7 @@ print("tensor-level relu, value and gradient identical on both backends:",
 # array. The Numba kernel reads `p, g, m, v` once and writes `p, m, v` once: 7 x 4 bytes per parameter.
 
 # %%
+heading("5. Fusing an optimizer step: Adam")
 print("reference.adam_step_, after its docstring:" + inspect.getsource(reference.adam_step_).split('"""')[-1])
 print(inspect.getsource(cpu._adam_step_.py_func))
 
@@ -248,10 +293,11 @@ assert np.allclose(p_ref, p_jit, rtol=1e-6, atol=1e-7)
 
 p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
 bias1, bias2 = f32(1 - b1), f32(1 - b2)
-rows = {name: best_us(fn, p, grads[0], m, v, lr, b1, b2, eps, bias1, bias2, wd)
+rows = {name: time_us(fn, p, grads[0], m, v, lr, b1, b2, eps, bias1, bias2, wd)
         for name, fn in [("NumPy, in place (reference)", reference.adam_step_),
                          ("Numba, fused (cpu.py)", cpu.adam_step_)]}
 table(f"one Adam step, {P:,} float32 parameters", rows, "NumPy, in place (reference)", bytes_moved=7 * 4 * P)
+print(compare(rows, "NumPy, in place (reference)", "Numba, fused (cpu.py)"))
 
 # %% [markdown]
 # ## 6. Two details that decide a Numba kernel's speed: float32 constants, `error_model='numpy'`
@@ -259,6 +305,9 @@ table(f"one Adam step, {P:,} float32 parameters", rows, "NumPy, in place (refere
 # Here is the Adam loop as one would first port it. It gives the right answer, but compare it with the engine's:
 
 # %%
+heading("6. Two details that decide a Numba kernel's speed: float32 constants, `error_model='numpy'`")
+
+
 def adam_first_port(p, g, m, v, lr, beta1, beta2, eps, bias1, bias2):
     step = lr / bias1
     inv_sqrt_b2 = 1 / np.sqrt(bias2)
@@ -299,9 +348,10 @@ for name, fn, scalars in variants:
     t0 = time.perf_counter()
     fn(p, grads[0], m, v, *scalars)
     first_call_ms = (time.perf_counter() - t0) * 1e3
-    rows[name] = best_us(fn, p, grads[0], m, v, *scalars)
+    rows[name] = time_us(fn, p, grads[0], m, v, *scalars)
     print(f"{name}: first call {first_call_ms:5.0f} ms" + ("  (compiled in section 5)" if fn is cpu.adam_step_ else ""))
 table(f"one Adam step, {P:,} float32 parameters", rows, variants[0][0], bytes_moved=7 * 4 * P)
+print(compare(rows, variants[2][0], variants[3][0]))
 
 # %% [markdown]
 # ## 7. Why matrix products stay in BLAS
@@ -313,6 +363,9 @@ table(f"one Adam step, {P:,} float32 parameters", rows, variants[0][0], bytes_mo
 # vectorises):
 
 # %%
+heading("7. Why matrix products stay in BLAS")
+
+
 @njit(error_model="numpy")
 def matmul_numba(a, b):
     n, k = a.shape
@@ -332,14 +385,21 @@ t0 = time.perf_counter()
 C = matmul_numba(A, B)
 print(f"matmul_numba first call (JIT compile): {(time.perf_counter() - t0) * 1e3:.0f} ms")
 assert np.allclose(C, A @ B, rtol=1e-4, atol=1e-3)
-rows = {"Numba, naive i-k-j loop": best_us(matmul_numba, A, B), "np.matmul (OpenBLAS)": best_us(np.matmul, A, B)}
-table(f"({n}, {n}) @ ({n}, {n}) float32", rows, "Numba, naive i-k-j loop")
-for name, us in rows.items():
-    print(f"  {name:28s} {2 * n**3 / us / 1e3:6.1f} GFLOP/s   (2 n^3 = {2 * n**3 / 1e6:.0f} MFLOP)")
+LOOP = "Numba, naive i-k-j loop"
+rows = {LOOP: time_us(matmul_numba, A, B)}
+with threadpool_limits(limits=1, user_api="blas"):
+    rows["np.matmul (OpenBLAS, 1 thread)"] = time_us(np.matmul, A, B)
+rows["np.matmul (OpenBLAS, all threads)"] = time_us(np.matmul, A, B)
+best = table(f"({n}, {n}) @ ({n}, {n}) float32", rows, LOOP)
+for name, us in best.items():
+    print(f"  {name:34s} {2 * n**3 / us / 1e3:6.1f} GFLOP/s   (2 n^3 = {2 * n**3 / 1e6:.0f} MFLOP)")
+print(compare(rows, LOOP, min((name for name in best if name != LOOP), key=best.get)))  # the faster BLAS row
 
 # %% [markdown]
-# (A threaded BLAS on a machine busy with other work can stall, its threads waiting for each other; the best of
-# several runs shows what it can do.)
+# (A threaded BLAS on a machine busy with other work can stall, its threads waiting for each other while another
+# process holds a core; one BLAS thread cannot, and it is what each worker of the concurrent DNI runner uses. The best
+# of several runs shows what each can do; when even that does not put BLAS ahead, the cell above says the machine was
+# too busy to tell, rather than draw the wrong conclusion.)
 #
 # A GEMM does $2n^3$ flops on $3n^2$ numbers: unlike ReLU it is **compute-bound**, and the fast versions reuse each
 # number many times from registers and cache. BLAS gets there with blocking for each cache level, register tiles,
@@ -361,6 +421,7 @@ for name, us in rows.items():
 # `nn.mlp(..., fused=True)` builds the net from these fused layers. It computes the same numbers:
 
 # %%
+heading("8. Fusing two ops: batch norm and its ReLU")
 xb = rng.normal(size=(256, 256)).astype(np.float32)
 gamma, beta = rng.uniform(0.5, 1.5, 256).astype(np.float32), rng.normal(size=256).astype(np.float32)
 g_out = rng.normal(size=(256, 256)).astype(np.float32)
@@ -383,8 +444,9 @@ ya, yb = two_ops(xs[0]), fused_op(xs[1])
 assert np.array_equal(ya.data, yb.data) and np.array_equal(xs[0].grad, xs[1].grad)
 print("batch_norm -> relu and batch_norm_relu: outputs and input gradients equal bit for bit")
 xt = md.Tensor(xb, requires_grad=True)
-rows = {"batch_norm, then relu (2 ops)": best_us(two_ops, xt), "batch_norm_relu (fused)": best_us(fused_op, xt)}
+rows = {"batch_norm, then relu (2 ops)": time_us(two_ops, xt), "batch_norm_relu (fused)": time_us(fused_op, xt)}
 table("forward + backward, (256, 256) float32", rows, "batch_norm, then relu (2 ops)")
+print(compare(rows, "batch_norm, then relu (2 ops)", "batch_norm_relu (fused)"))
 
 # %% [markdown]
 # In a whole training step the saving is smaller than here, because the GEMMs dominate: `benchmarks/bench_engine.py`

@@ -13,21 +13,20 @@
 # We cut a small MNIST network into three modules, write plain backprop as an **update schedule** (a list of events:
 # who does what, when), print it, draw it, check its data flow, run it, and measure how long each module sits idle.
 #
-# Run it as a script (`python lessons/03_why_backprop_locks.py`) or open it as a notebook. Pictures are written to a
-# temporary folder; their paths are printed.
+# Run it as a script (`python lessons/03_why_backprop_locks.py`) or as a notebook (`python lessons/make_notebooks.py`;
+# docs/lessons.md). A notebook shows the figures under their cells; a script saves them in `./lesson-figures/` (or
+# the folder named by `MINIDNI_LESSON_FIGURES`) and prints their paths.
 
 # %%
-import tempfile
-from pathlib import Path
-
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minidni import dni
 from minidni.data import load_mnist
 from minidni.dni import schedules as S
+from minidni.lesson import heading, show
 
-OUT = Path(tempfile.mkdtemp(prefix="minidni_lesson03_"))
+heading("Lesson 3: why backprop locks", level=1)
 N_MODULES = 3
 # The matrices here are tiny: one BLAS thread is fastest (several fight over the cores for microseconds of work), and
 # it is what each worker of the ConcurrentRunner uses, so the timings compare like with like.
@@ -41,6 +40,7 @@ threadpool_limits(limits=1, user_api="blas")
 # synthesizers can only be trained with the `locked` schedule: plain backprop.
 
 # %%
+heading("1. A network in three modules")
 mnist = load_mnist(validation=0)
 rng = np.random.default_rng(0)
 pick = rng.choice(len(mnist.train.y), size=64 * 24, replace=False)
@@ -65,6 +65,7 @@ print(net)
 # $i$'s backward pass needs, `dh[i,b]` the gradient that arrives at $h_i$ from above.
 
 # %%
+heading("2. Backprop as a list of events")
 locked = S.locked()
 print(locked.describe(n_batches=1, n_modules=N_MODULES, io=True))
 
@@ -113,8 +114,7 @@ for m in range(N_MODULES):
 # The same picture, drawn:
 
 # %%
-fig = locked.draw(n_batches=3, n_modules=N_MODULES, path=OUT / "locked_schedule.png")
-print("timeline by tick:", OUT / "locked_schedule.png")
+show(locked.draw(n_batches=3, n_modules=N_MODULES), "03_locked_schedule.png")   # the timeline by tick
 
 # %% [markdown]
 # ## 3. Running it: seconds instead of ticks
@@ -124,6 +124,7 @@ print("timeline by tick:", OUT / "locked_schedule.png")
 # over the whole model, one Adam step) must end with exactly the same parameters.
 
 # %%
+heading("3. Running it: seconds instead of ticks")
 from minidni import nn, ops, optim
 from minidni.tensor import Tensor
 
@@ -171,12 +172,12 @@ print("trace by kind (ms):", {k: round(v * 1e3, 1) for k, v in runner.trace.by_k
 # workers just wait. The wall-clock timeline shows the staircase: one worker at a time.
 
 # %%
+heading("4. More workers do not help")
 net2 = locked_net()
 with dni.ConcurrentRunner(net2, locked, batches) as par:
     par.run()
 report(par.trace, "locked, ConcurrentRunner (a worker thread per module)")
-par.trace.draw(OUT / "locked_wallclock.png", n_modules=N_MODULES, title="locked, ConcurrentRunner")
-print("wall-clock timeline:", OUT / "locked_wallclock.png")
+show(par.trace.draw(n_modules=N_MODULES, title="locked, ConcurrentRunner"), "03_locked_wallclock.png")
 assert sum(par.trace.utilisation().values()) <= 1.05      # together they fill one core's worth of time, at most
 
 # %% [markdown]
@@ -191,6 +192,7 @@ assert sum(par.trace.utilisation().values()) <= 1.05      # together they fill o
 # ticks after it starts, however deep the network. `S` trains the synthesizer once its target has arrived.
 
 # %%
+heading("5. What a synthetic gradient changes")
 print(S.dni().grid(n_batches=3, n_modules=N_MODULES))
 dni_events = S.dni().events(3, N_MODULES)
 for m in range(N_MODULES):

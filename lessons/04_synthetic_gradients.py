@@ -15,6 +15,9 @@
 # This lesson: (1) a synthesizer on its own, (2) one DNI training step, event by event, (3) the linear cDNI that can
 # represent a gradient *exactly* (Czarnecki et al. 2017), and what a constant factor on $L_M$ does to Adam, (4) a short
 # MNIST run: backprop vs DNI vs cDNI.
+#
+# Run it as a script (`python lessons/04_synthetic_gradients.py`) or as a notebook (`python lessons/make_notebooks.py`;
+# docs/lessons.md).
 
 # %%
 import numpy as np
@@ -23,8 +26,10 @@ from threadpoolctl import threadpool_limits
 from minidni import dni, ops, optim
 from minidni.data import load_mnist
 from minidni.dni import schedules as S
+from minidni.lesson import heading
 from minidni.tensor import Tensor
 
+heading("Lesson 4: synthetic gradients", level=1)
 threadpool_limits(limits=1, user_api="blas")   # tiny matrices: one BLAS thread is fastest on a shared machine
 np.set_printoptions(precision=4, suppress=True)
 
@@ -39,6 +44,7 @@ rng = np.random.default_rng(0)
 # a zero gradient gives a zero step: $m/(\sqrt v + \epsilon) = 0/(0 + \epsilon)$.)
 
 # %%
+heading("1. A synthesizer, zero at step 0")
 synth = dni.Synthesizer(features=32, rng=0)
 print(synth)
 h = rng.normal(size=(4, 32)).astype(np.float32)                      # (B, D): a batch of activations
@@ -56,6 +62,7 @@ print(dni.Synthesizer(features=32, n_classes=10, rng=0))            # cDNI: the 
 # batch) we ask the net for the true gradient `net.true_gradient(i, h_i, y)`, which is what backprop would deliver.
 
 # %%
+heading("2. One DNI step, event by event")
 net = dni.mnist_fcn(layers=3, hidden=32, lr=1e-3, synth_lr=1e-4, seed=0)
 print(net)
 x_all, y_all = mnist.train.x[:64 * 2], mnist.train.y[:64 * 2]
@@ -149,6 +156,7 @@ assert not runner.store                         # every activation and target ha
 # step size $D/2$ is the one that solves it.
 
 # %%
+heading("3. cDNI can be exact: a linear synthesizer for a least-squares top layer")
 D, C, B = 16, 10, 64
 W, c = rng.normal(size=(D, C)) / np.sqrt(D), 0.1 * rng.normal(size=C)
 
@@ -203,6 +211,7 @@ assert np.allclose(A, k * W @ W.T, atol=1e-8) and np.allclose(a + A_y, k * (c @ 
 # One Adam step each:
 
 # %%
+heading("A constant factor on L_M, and Adam's epsilon", level=3)
 h_big, target = rng.normal(size=(256, 256)).astype(np.float32), (1e-4 * rng.normal(size=(256, 256))).astype(np.float32)
 for loss in ("sum", "mean"):
     s = dni.Synthesizer(256, hidden=(64,), rng=0)
@@ -229,6 +238,7 @@ for loss in ("sum", "mean"):
 # the second half of the run. The backprop baseline is the same net (same initial weights) with the `locked` schedule.
 
 # %%
+heading("4. MNIST: backprop vs DNI vs cDNI")
 STEPS, BATCH = 240, 128
 pick = rng.choice(len(mnist.train.y), size=STEPS * BATCH, replace=False)
 x_train, y_train = mnist.train.x[pick], mnist.train.y[pick]

@@ -13,24 +13,23 @@
 #    bit, and that pipelining makes even true gradients stale;
 # 5. runs a pipelined schedule with the sequential `Runner` and the threaded `ConcurrentRunner`: identical parameters,
 #    and a wall-clock timeline of the workers.
+#
+# Run it as a script (`python lessons/05_update_schedules.py`) or as a notebook (`python lessons/make_notebooks.py`;
+# docs/lessons.md). A notebook shows the figures under their cells; a script saves them in `./lesson-figures/` (or
+# the folder named by `MINIDNI_LESSON_FIGURES`) and prints their paths.
 
 # %%
-import tempfile
-from pathlib import Path
+import numpy as np
+from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
 
-import matplotlib
+from minidni import dni, nn, ops, optim
+from minidni.data import load_mnist
+from minidni.dni import schedules as S
+from minidni.lesson import heading, show
+from minidni.tensor import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-from minidni import dni, nn, ops, optim  # noqa: E402
-from minidni.data import load_mnist  # noqa: E402
-from minidni.dni import schedules as S  # noqa: E402
-from minidni.tensor import Tensor  # noqa: E402
-
-OUT = Path(tempfile.mkdtemp(prefix="minidni_lesson05_"))
+heading("Lesson 5: update schedules are data", level=1)
 threadpool_limits(limits=1, user_api="blas")   # tiny matrices; and bit-identical runs need equal BLAS thread counts
 N_MODULES = 3
 
@@ -49,6 +48,7 @@ N_MODULES = 3
 # * `pipelined`: at tick $T$ module $i$ works on batch $T - i$: every module busy in every tick.
 
 # %%
+heading("1. Five schedules")
 SCHEDULES = [S.locked(), S.dni(), S.stochastic(p_update=0.5, seed=1), S.delayed(k=2), S.pipelined()]
 for schedule in SCHEDULES:
     events = schedule.events(n_batches=4, n_modules=N_MODULES)
@@ -81,13 +81,12 @@ assert busy_share(S.pipelined().events(20, N_MODULES)) > 0.9 > 0.5 > busy_share(
 # ## 2. The timelines side by side
 
 # %%
-fig, axes = plt.subplots(len(SCHEDULES), 1, figsize=(11, 1.6 * len(SCHEDULES) + 1), sharex=True)
-for ax, schedule in zip(axes, SCHEDULES):
+heading("2. The timelines side by side")
+fig = Figure(figsize=(11, 1.6 * len(SCHEDULES) + 1))   # matplotlib's object API: no pyplot, no global backend
+for ax, schedule in zip(fig.subplots(len(SCHEDULES), 1, sharex=True), SCHEDULES):
     schedule.draw(n_batches=4, n_modules=N_MODULES, ax=ax)
 fig.tight_layout()
-fig.savefig(OUT / "schedules.png", dpi=100)
-plt.close(fig)
-print("timelines:", OUT / "schedules.png")
+show(fig, "05_schedules.png", dpi=100)
 
 # %% [markdown]
 # ## 3. Stochastic updates happen with frequency p
@@ -97,6 +96,7 @@ print("timelines:", OUT / "schedules.png")
 # standard error $\sqrt{p(1-p)/n}$.
 
 # %%
+heading("3. Stochastic updates happen with frequency p")
 n = 1500
 for p in (0.2, 0.5, 0.9):
     schedule = S.stochastic(p_update=p, seed=0)
@@ -120,6 +120,7 @@ for p in (0.2, 0.5, 0.9):
 # backprop loop. (float64 and one BLAS thread, so that nothing but the order of operations could differ.)
 
 # %%
+heading("4. With exact gradients, the decoupled schedules *are* backprop")
 mnist = load_mnist(validation=0)
 x64, y_all = mnist.train.x[:32 * 8].astype(np.float64), mnist.train.y[:32 * 8]
 batches = [(x64[k:k + 32], y_all[k:k + 32]) for k in range(0, len(y_all), 32)]        # 8 batches of 32
@@ -170,6 +171,7 @@ print("pipelined, 2 modules, with an oracle == backprop, bit for bit: True")
 # **bit-identical** to `Runner(..., blas_threads=1)`, synthesizers and batch-norm statistics included.
 
 # %%
+heading("5. The same pipeline on worker threads")
 x32 = mnist.train.x[:64 * 30]
 batches32 = [(x32[k:k + 64], mnist.train.y[k:k + 64]) for k in range(0, len(x32), 64)]    # 30 batches of 64
 
@@ -202,8 +204,7 @@ for name, r in (("sequential", seq), ("concurrent", par)):
           ", ".join(f"{m}: {util[m]:.0%}" for m in sorted(util)) + f" (sum {sum(util.values()):.2f}); "
           f"two or more events at once for {r.trace.overlap() * 1e3:.1f} ms")
 assert seq.trace.overlap() == 0.0                 # the sequential runner never overlaps
-par.trace.draw(OUT / "pipelined_wallclock.png", n_modules=N_MODULES, title="pipelined, ConcurrentRunner")
-print("wall-clock timeline:", OUT / "pipelined_wallclock.png")
+show(par.trace.draw(n_modules=N_MODULES, title="pipelined, ConcurrentRunner"), "05_pipelined_wallclock.png")
 print("threads:", sorted({s.thread for s in par.trace.spans}))
 
 # %% [markdown]

@@ -14,11 +14,12 @@
 #
 # This lesson: the synthetic-input model, the `unlocked` schedule (printed, checked and drawn next to `dni`), one
 # unlocked step by hand, and a small MNIST run that learns, with the concurrent runner's timeline.
+#
+# Run it as a script (`python lessons/06_complete_unlock.py`) or as a notebook (`python lessons/make_notebooks.py`;
+# docs/lessons.md). A notebook shows the figures under their cells; a script saves them in `./lesson-figures/` (or
+# the folder named by `MINIDNI_LESSON_FIGURES`) and prints their paths.
 
 # %%
-import tempfile
-from pathlib import Path
-
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -26,9 +27,10 @@ from minidni import dni, ops
 from minidni.autograd import no_grad
 from minidni.data import load_mnist
 from minidni.dni import schedules as S
+from minidni.lesson import heading, show
 from minidni.tensor import Tensor
 
-OUT = Path(tempfile.mkdtemp(prefix="minidni_lesson06_"))
+heading("Lesson 6: complete unlock, synthetic inputs as well as synthetic gradients", level=1)
 threadpool_limits(limits=1, user_api="blas")   # tiny matrices: one BLAS thread is fastest on a shared machine
 N_MODULES = 3
 
@@ -43,6 +45,9 @@ rng = np.random.default_rng(0)
 # the widths are read from the synthesizers, which sit on the same activations.
 
 # %%
+heading("1. A synthetic input")
+
+
 def unlocked_net(seed=0):
     net = dni.mnist_fcn(layers=N_MODULES, hidden=64, conditioned=True, lr=1e-3, synth_lr=1e-3, seed=seed,
                         schedule=dni.unlocked())
@@ -65,6 +70,7 @@ assert h_hat.shape == (8, 64)
 # $I_j$ on the real $h_{j-1}$ that module $j-1$ computed (`I`).
 
 # %%
+heading("2. The unlocked schedule")
 unlocked = dni.unlocked()
 print(unlocked.describe(n_batches=1, n_modules=N_MODULES, io=True))
 print()
@@ -87,9 +93,8 @@ print(f"\nticks for 4 batches: unlocked {1 + max(e.tick for e in events)}, "
 # batch $b$'s work is done.
 
 # %%
-dni.draw_timeline(events, path=OUT / "unlocked_schedule.png", n_modules=N_MODULES, title="unlocked()")
-S.dni().draw(4, N_MODULES, path=OUT / "dni_schedule.png")
-print("timelines:", OUT / "unlocked_schedule.png", OUT / "dni_schedule.png")
+show(dni.draw_timeline(events, n_modules=N_MODULES, title="unlocked()"), "06_unlocked_schedule.png")
+show(S.dni().draw(4, N_MODULES), "06_dni_schedule.png")
 
 # %% [markdown]
 # ## 3. One unlocked step, by hand
@@ -99,6 +104,7 @@ print("timelines:", OUT / "unlocked_schedule.png", OUT / "dni_schedule.png")
 # module 0 on batch 0, which the runner keeps in its store for exactly this purpose.
 
 # %%
+heading("3. One unlocked step, by hand")
 batches = [(mnist.train.x[k:k + 64], mnist.train.y[k:k + 64]) for k in range(0, 128, 64)]
 runner = dni.Runner(net, unlocked, batches, blas_threads=1)
 while True:
@@ -123,6 +129,9 @@ runner.run()
 # and measure how close $I_1(x)$ is to the real $h_0$ on held-out images. Test accuracy uses the real forward chain.
 
 # %%
+heading("4. Training with everything unlocked")
+
+
 def input_error(net, x):
     """||I_1(x) - h_0(x)|| / ||h_0(x)|| on images x, batch norm on its running statistics."""
     net.eval()
@@ -168,6 +177,7 @@ assert loss_last < 0.7 * loss_first and input_last < 0.5 * input_first and acc >
 # busy on batch $b$ in tick $b$. The result is bit-identical to the sequential runner.
 
 # %%
+heading("5. On worker threads")
 few = [(x_train[k:k + BATCH], y_train[k:k + BATCH]) for k in range(0, 20 * BATCH, BATCH)]
 seq_net, par_net = unlocked_net(seed=5), unlocked_net(seed=5)
 dni.Runner(seq_net, unlocked, few, blas_threads=1).run()
@@ -179,8 +189,7 @@ print(f"sequential vs concurrent, {len(seq_state)} arrays of state identical: {s
 assert same
 util = par.trace.utilisation()
 print("utilisation per module:", {m: f"{u:.0%}" for m, u in sorted(util.items())})
-par.trace.draw(OUT / "unlocked_wallclock.png", n_modules=N_MODULES, title="unlocked, ConcurrentRunner")
-print("wall-clock timeline:", OUT / "unlocked_wallclock.png")
+show(par.trace.draw(n_modules=N_MODULES, title="unlocked, ConcurrentRunner"), "06_unlocked_wallclock.png")
 
 # %% [markdown]
 # **Summary.** Synthetic gradients unlock the update; synthetic inputs unlock the forward pass. With both, module $j$

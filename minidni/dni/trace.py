@@ -21,6 +21,11 @@ COLORS = {
     "target": "#8172B3",
     "train_synth": "#937860",
     "train_input": "#DA8BC3",
+    "forward_window": "#4C72B0",
+    "backward_synthetic": "#55A868",
+    "backward_truncated": "#DD8452",
+    "train_aux": "#DA8BC3",
+    "step_core": "#8C8C8C",
 }
 
 
@@ -120,12 +125,12 @@ def draw_timeline(source, path=None, n_modules=None, title="", ax=None):
     """Draw events (a list of Event: x = tick) or a Trace (x = seconds) as coloured boxes, one row per module.
 
     Several events of one module in one tick share the tick's width in order. Returns the matplotlib figure; saves a
-    PNG when `path` is given. Uses the Agg backend: no display is needed.
+    PNG when `path` is given. Drawn with matplotlib's object API (a Figure on the Agg canvas, as in
+    minidni/results.py): pyplot's global backend is left alone and no display is needed; in a notebook
+    `minidni.lesson.show(fig, name)` shows it inline.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     if isinstance(source, Trace):
@@ -143,7 +148,9 @@ def draw_timeline(source, path=None, n_modules=None, title="", ax=None):
     if n_modules is None:
         n_modules = 1 + max((b[0].module for b in boxes), default=0)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(3 + 0.35 * len(boxes) / max(n_modules, 1), 16), 1 + 0.6 * n_modules))
+        fig = Figure(figsize=(min(3 + 0.35 * len(boxes) / max(n_modules, 1), 16), 1 + 0.6 * n_modules))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
     else:
         fig = ax.figure
     edge = 0.0 if isinstance(source, Trace) else 0.5  # real events can be very short: no white edge to hide them
