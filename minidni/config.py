@@ -188,6 +188,13 @@ def load_toml(path):
             values = lib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give the path of a TOML file (key = value lines)") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file: TOML is UTF-8 text of key = value lines "
+                          "(see `minidni show NAME` for one)") from None
     except lib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     tables = [k for k, v in values.items() if isinstance(v, dict)]
@@ -240,14 +247,22 @@ class TrainConfig(Config):
     batch_size: int = param(256, "examples per training step", ge=2)
     lr: float = param(1e-3, "learning rate of Adam", gt=0.0)
     lr_gamma: float = param(1.0, "multiply lr by this at each decay point (1.0: no decay)", gt=0.0, le=1.0)
-    lr_decay_every: int = param(0, "decay lr every this many steps (0: use lr_milestones)", ge=0)
+    lr_decay_every: int = param(0, "decay lr every this many steps (0: use lr_milestones, else lr_decay_at)", ge=0)
     lr_milestones: tuple[int, ...] = param((), "steps at which lr is decayed (used when lr_decay_every = 0)", ge=1)
-    eval_every: int = param(0, "evaluate on validation every this many steps (0: at the end of each epoch)", ge=0)
+    lr_decay_at: tuple[float, ...] = param((), "fractions of the run at which lr is decayed, e.g. [0.5, 0.75]: they "
+                                               "move with --steps / --epochs (used when lr_decay_every = 0 and "
+                                               "lr_milestones = [])", gt=0.0, le=1.0)
+    eval_every: int = param(0, "evaluate on validation every this many steps (0: see eval_count)", ge=0)
+    eval_count: int = param(0, "evaluate on validation this many times, evenly over the run (used when eval_every = 0;"
+                               " 0: at the end of each epoch)", ge=0)
     eval_test: bool = param(False, "also evaluate on test at every evaluation, for curves (never tune on it)")
     eval_batch_size: int = param(1000, "examples per evaluation batch", ge=1)
     log_every: int = param(50, "write a training record to metrics.jsonl every this many steps", ge=1)
     checkpoint_every: int = param(1000, "save checkpoint.npz every this many steps (0: only at the end and on Ctrl-C)",
                                   ge=0)
+    diverge_factor: float = param(100.0, "stop the run as diverged when a step's training loss is not finite, or above "
+                                         "this many times the mean loss of its first 10 steps (0: only non-finite)",
+                                  ge=0.0)
 
     def check(self):
         super().check()
@@ -258,3 +273,5 @@ class TrainConfig(Config):
                               f"lr_milestones ({list(self.lr_milestones)}), not both")
         if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
             raise ConfigError(f"{type(self).__name__}.lr_milestones must be increasing; got {list(self.lr_milestones)}")
+        if list(self.lr_decay_at) != sorted(set(self.lr_decay_at)):
+            raise ConfigError(f"{type(self).__name__}.lr_decay_at must be increasing; got {list(self.lr_decay_at)}")

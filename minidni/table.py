@@ -5,18 +5,22 @@
     minidni table mnist --out runs/table-mnist --collect                            only read the runs that exist
 
 Each cell is one run of `mnist-fcn-{method}` in DIR/{method}-{layers}/. A finished run (summary.json) is reused, an
-interrupted one resumed, so the command can be stopped and started again. The table is written to DIR/table.json and
-DIR/table.md as well.
+interrupted one resumed, so the command can be stopped (Ctrl-C) and started again with the same command. The budget
+flags set the length of every run; its lr decays at 1/2 and 3/4 of it (lr_decay_at), turned into steps by
+minidni.train.plan, as for `minidni run`. While it runs, a bar counts the cells and the running cell's bar its steps.
+The table is written to DIR/table.json and DIR/table.md as well.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
-from .config import ConfigError, override, parse_value
+from .config import ConfigError, load_toml, override, parse_value
 from .experiments import get
-from .train import CHECKPOINT, SUMMARY
+from .progress import Progress, nested
+from .train import CHECKPOINT, CONFIG, RESUME_SAFE, SUMMARY, Diverged
 
 # Table 1 of the paper, MNIST FCN, % test error
 PAPER = {"mnist": {3: {"no-bprop": 9.3, "bprop": 2.0, "dni": 1.9, "cdni": 2.2},
@@ -30,17 +34,15 @@ DATASETS = tuple(PAPER)
 
 
 def budget_overrides(cfg, epochs=None, steps=None, batch_size=None):
-    """Settings for a budget: the length of the run, and lr decay (x lr_gamma) moved to 1/2 and 3/4 of it."""
+    """Settings for a budget: the length of the run, with lr decay (x lr_gamma) at 1/2 and 3/4 of it. The steps
+    these fall on are derived where every run derives them (minidni.train.plan), from the run's own length."""
     values = {}
     if batch_size is not None:
         values["batch_size"] = batch_size
     if epochs is None and steps is None:
         return values
-    bs = values.get("batch_size", cfg.batch_size)
-    per_epoch = (60000 - cfg.validation) // bs
-    total = steps if steps else epochs * per_epoch
-    values.update(steps=steps or 0, epochs=epochs or cfg.epochs, lr_decay_every=0,
-                  lr_milestones=tuple(m for m in sorted({total // 2, 3 * total // 4}) if m >= 1))
+    values.update(steps=steps or 0, epochs=epochs or cfg.epochs, lr_decay_every=0, lr_milestones=(),
+                  lr_decay_at=(0.5, 0.75))
     return values
 
 
@@ -71,23 +73,50 @@ def collect(out_dir, layers, methods):
     for n in layers:
         for m in methods:
             path = Path(out_dir) / f"{m}-{n}" / SUMMARY
-            cells[(m, n)] = json.loads(path.read_text()) if path.is_file() else None
+            try:
+                cells[(m, n)] = json.loads(path.read_text()) if path.is_file() else None
+            except (OSError, ValueError):  # a damaged summary.json: the cell counts as missing
+                cells[(m, n)] = None
     return cells
 
 
-def run_grid(out_dir, layers, methods, budget, sets, quiet=True, say=print):
-    """Train every cell that has no summary.json yet (resuming from a checkpoint where there is one)."""
-    for n in layers:
-        for m in methods:
+def check_same_settings(folder, name, cfg):
+    """ConfigError when an interrupted cell would continue with other settings than it was started with."""
+    saved = override(get(name).config(), load_toml(folder / CONFIG), source=str(folder / CONFIG)).to_dict()
+    changed = [f"{k} = {saved[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
+               if k not in RESUME_SAFE and saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"table: the interrupted cell {folder} was started with other settings ({'; '.join(changed)})"
+                          "; rerun with the flags it was started with to continue it, or remove the folder")
+
+
+def run_grid(out_dir, layers, methods, budget, sets, quiet=True, say=print, progress=True):
+    """Train every cell that has no summary.json yet (resuming from a checkpoint where there is one).
+
+    With `progress`, a bar counts the cells (i of n) and the running cell's bar of steps shows below it. A cell that
+    diverges is reported and left (its summary.json says so); the grid goes on."""
+    cells = [(n, m) for n in layers for m in methods]
+    bar = Progress(len(cells), desc="table cells", unit="cell", enabled=progress, warmup=False)
+    write = bar.write if progress else say
+    with bar, (nested() if progress else contextlib.nullcontext()):
+        for k, (n, m) in enumerate(cells):
             folder = Path(out_dir) / f"{m}-{n}"
             if (folder / SUMMARY).is_file():
+                bar.update(k + 1)
                 continue
             name, cfg = cell_config(m, n, budget, sets)
             resume = (folder / CHECKPOINT).is_file()
-            say(f"== {name} --layers {n} -> {folder}{' (resuming)' if resume else ''}")
+            if resume and (folder / CONFIG).is_file():
+                check_same_settings(folder, name, cfg)
+            write(f"== cell {k + 1}/{len(cells)}: {name} --layers {n} -> {folder}{' (resuming)' if resume else ''}")
             t0 = time.perf_counter()
-            s = get(name).run(cfg, folder, resume=resume, quiet=quiet)
-            say(f"   test error {100 * s['test_error']:.2f}%  ({time.perf_counter() - t0:.0f} s)")
+            try:
+                s = get(name).run(cfg, folder, resume=resume, quiet=quiet)
+            except Diverged as err:
+                write(f"   {err}; the cell is marked diverged")
+            else:
+                write(f"   test error {100 * s['test_error']:.2f}%  ({time.perf_counter() - t0:.0f} s)")
+            bar.update(k + 1)
 
 
 def _pct(summary):
@@ -104,7 +133,9 @@ def build_table(dataset, cells, layers, methods):
             row[m] = {"measured": _pct(s), "paper": PAPER[dataset][n][m],
                       "val": None if s is None or s.get("val_error") is None else round(100 * s["val_error"], 2),
                       "epochs": None if s is None else s.get("epochs"),
-                      "wall_time_s": None if s is None else s.get("wall_time_s")}
+                      "wall_time_s": None if s is None else s.get("wall_time_s"),
+                      **({"status": s["status"]} if s is not None and s.get("status", "finished") != "finished"
+                         else {})}
         rows.append(row)
     budgets = sorted({f"{s['epochs']:g} epochs ({s['steps']} steps, batch {s['config']['batch_size']})"
                       for s in cells.values() if s is not None})
@@ -114,7 +145,7 @@ def build_table(dataset, cells, layers, methods):
 
 
 def _cell(c):
-    measured = "-" if c["measured"] is None else f"{c['measured']:.2f}"
+    measured = c.get("status") or ("-" if c["measured"] is None else f"{c['measured']:.2f}")
     return f"{measured} ({c['paper']:.1f})"
 
 
@@ -135,8 +166,10 @@ def format_table(table, markdown=False):
 
 
 def table(dataset="mnist", layers=(3, 4, 5, 6), methods=METHODS, out=None, run=True, epochs=None, steps=None,
-          batch_size=None, sets=(), quiet=True, say=print):
-    """Run (if `run`) and collect the grid; print it; write table.json and table.md into `out`. Returns the table."""
+          batch_size=None, sets=(), quiet=True, say=print, progress=False):
+    """Run (if `run`) and collect the grid; print it; write table.json and table.md into `out`. Returns the table.
+
+    quiet: no messages from the runs themselves; progress: bars for the cells and each cell's steps."""
     if dataset not in PAPER:
         raise ConfigError(f"table: unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
     bad = [n for n in layers if n not in PAPER[dataset]]
@@ -154,10 +187,15 @@ def table(dataset="mnist", layers=(3, 4, 5, 6), methods=METHODS, out=None, run=T
     budget = {"epochs": epochs, "steps": steps, "batch_size": batch_size}
     if run:
         out.mkdir(parents=True, exist_ok=True)
-        run_grid(out, layers, methods, budget, sets, quiet=quiet, say=say)
+        run_grid(out, layers, methods, budget, sets, quiet=quiet, say=say, progress=progress)
     elif not out.is_dir():
         raise ConfigError(f"table --collect: {out} does not exist; run the grid first (drop --collect)")
-    result = build_table(dataset, collect(out, layers, methods), layers, methods)
+    cells = collect(out, layers, methods)
+    if not run and not any(cells.values()):
+        raise ConfigError(f"table --collect: no runs of the grid in {out} (no "
+                          f"{', '.join(f'{m}-{n}' for n in layers[:1] for m in methods[:2])}, ... folder with a "
+                          f"{SUMMARY}); run the grid first (drop --collect)")
+    result = build_table(dataset, cells, layers, methods)
     (out / "table.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(format_table(result, markdown=True))
     say(format_table(result))

@@ -28,16 +28,24 @@ What a run leaves in `out_dir`:
 
 Resuming from checkpoint.npz continues bit-identically: the learning rate is a function of the step alone, the batch
 order is a function of (seed, epoch) alone, and every array that changes during training is in the checkpoint.
+summary.json's `history` says how the run was made (started, resumed, extended to more steps), and `schedule` the
+steps at which lr decayed and validation was evaluated (`plan`: derived from the config, the one place that does it).
+
+Divergence: a step whose training loss is not finite, or above `diverge_factor` (default 100) times the mean loss of the
+run's first 10 steps, stops the run with `Diverged`; summary.json says status "diverged" (where, and the loss), and
+checkpoint.npz is left as the last good one (nothing is saved after the blow-up).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
-import sys
 import threading
 import time
+import zipfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -46,6 +54,7 @@ import numpy as np
 from . import kernels, nn, ops
 from .autograd import no_grad
 from .config import to_toml
+from .progress import Progress, is_nested, show_bar
 from .tensor import Tensor
 
 CHECKPOINT = "checkpoint.npz"
@@ -54,6 +63,8 @@ SUMMARY = "summary.json"
 CURVES = "curves.png"
 CONFIG = "config.toml"
 CHECKPOINT_FORMAT = 1
+# settings that may change when a run is resumed: where the data are read from, how often a checkpoint is written
+RESUME_SAFE = frozenset({"checkpoint_every", "data_dir", "verify_data"})
 
 
 # ---- the learning-rate schedule -------------------------------------------------------------------------------------------
@@ -66,6 +77,88 @@ def step_lr(step, lr, gamma=1.0, every=0, milestones=()):
     """
     passed = step // every if every else sum(step >= m for m in milestones)
     return lr * gamma ** passed
+
+
+def decay_steps(fractions, total):
+    """The steps at which lr decays for decay points given as fractions of a run of `total` steps (rounded)."""
+    return tuple(sorted({max(1, round(f * total)) for f in fractions}))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's schedule in steps, derived from its config and the batches per epoch (`plan`): how long it is, where
+    lr decays, where validation is evaluated. The one place these are derived (the Trainer, mnist-pipeline and
+    `minidni table` all use it), so --steps / --epochs / --batch-size move them together."""
+
+    total_steps: int
+    steps_per_epoch: int
+    lr_every: int                     # lr *= gamma every this many steps (0: at lr_milestones)
+    lr_milestones: tuple[int, ...]    # steps after which lr is decayed
+    eval_steps: tuple[int, ...]       # steps after which validation is evaluated
+
+    def lr_at(self, step, lr, gamma):
+        return step_lr(step, lr, gamma, self.lr_every, self.lr_milestones)
+
+    def to_dict(self):
+        return {"total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                "lr_decay_every": self.lr_every, "lr_milestones": list(self.lr_milestones),
+                "eval_steps": list(self.eval_steps)}
+
+
+def plan(config, steps_per_epoch):
+    """The Plan of `config` (a TrainConfig) with `steps_per_epoch` batches per epoch.
+
+    length      config.steps, else config.epochs * steps_per_epoch
+    lr decay    every lr_decay_every steps; else at lr_milestones (steps); else at lr_decay_at (fractions of the run)
+    evaluation  every eval_every steps; else eval_count times, evenly spread; else at the end of every epoch
+    """
+    c = config
+    total = c.steps or c.epochs * steps_per_epoch
+    milestones = tuple(c.lr_milestones) if c.lr_milestones else decay_steps(c.lr_decay_at, total)
+    if c.eval_every:
+        evals = range(c.eval_every, total + 1, c.eval_every)
+    elif getattr(c, "eval_count", 0):
+        evals = {max(1, round(k * total / c.eval_count)) for k in range(1, c.eval_count + 1)}
+    else:
+        evals = range(steps_per_epoch, total + 1, steps_per_epoch)
+    return Plan(total, steps_per_epoch, c.lr_decay_every, () if c.lr_decay_every else milestones,
+                tuple(sorted(evals)))
+
+
+def run_length(summary_or_plan_steps, steps_per_epoch):
+    """'5 epochs' when the run is a whole number of epochs, else '100 steps': for titles."""
+    epochs = summary_or_plan_steps / steps_per_epoch
+    return f"{epochs:g} epochs" if epochs == int(epochs) else f"{summary_or_plan_steps} steps"
+
+
+class Diverged(RuntimeError):
+    """The training loss became non-finite or exploded (TrainConfig.diverge_factor); the run was stopped."""
+
+
+FIRST_STEPS = 10  # the divergence check compares each loss with the mean loss of this many first steps
+
+
+def check_divergence(totals, loss, factor, step, name=""):
+    """Raise Diverged when `loss` (of update number `step`) is not finite, or above factor x the mean loss of the
+    first FIRST_STEPS steps (kept in `totals`, a dict saved in checkpoints: first_loss_sum, first_loss_n)."""
+    loss = float(loss)
+    n = totals.get("first_loss_n", 0)
+    reference = totals["first_loss_sum"] / n if n else None     # of the steps before this one
+    if math.isfinite(loss) and not (factor and reference and reference > 0 and loss > factor * reference):
+        if n < FIRST_STEPS:
+            totals["first_loss_sum"] = totals.get("first_loss_sum", 0.0) + loss
+            totals["first_loss_n"] = n + 1
+        return
+    why = (f"the training loss is {loss}" if not math.isfinite(loss) else
+           f"the training loss {loss:.4g} is above {factor:g} x {reference:.4g}, the mean loss of the first {n} "
+           f"step{'s' if n != 1 else ''} (setting diverge_factor; 0 stops only on a non-finite loss)")
+    err = Diverged(f"{name or 'the run'} diverged at step {step}: {why}")
+    err.info = {"step": step, "loss": loss if math.isfinite(loss) else str(loss), "reference_loss": reference}
+    raise err
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that belongs to another experiment or another shape of network."""
 
 
 # ---- the ordinary learner ----------------------------------------------------------------------------------------------------------------
@@ -130,6 +223,53 @@ def set_rng_state(state):
     nn.set_rng_state(state["minidni_init"])
 
 
+# ---- checkpoint files ----------------------------------------------------------------------------------------------
+def write_checkpoint(path, state, meta):
+    """Write the learner's arrays `state` ({name: array}) and `meta` (JSON-ready) to `path`, atomically: a crash
+    while writing leaves the previous checkpoint."""
+    path = Path(path)
+    arrays = {f"learner/{k}": np.asarray(v) for k, v in state.items()}
+    arrays["meta"] = np.array(json.dumps({"format": CHECKPOINT_FORMAT, **meta}))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path):
+    """(meta, learner state) of a checkpoint.npz; CheckpointError when it is missing, truncated or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {path}. Start a new run (without resume), or point "
+                                f"out_dir at the folder of the run you want to continue.")
+    try:
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            state = _with_prefix({k: f[k] for k in f.files}, "learner/")
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as err:
+        raise CheckpointError(f"resume: {path} is not a readable checkpoint ({type(err).__name__}: {err}); it is "
+                              "damaged or truncated. Start a new run in another folder") from err
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"resume: {path} has checkpoint format {meta.get('format')}, this minidni writes "
+                              f"format {CHECKPOINT_FORMAT}")
+    return meta, state
+
+
+def check_state(saved, expected, path):
+    """CheckpointError naming what differs when the arrays saved in `path` do not fit the learner (other layers)."""
+    missing = sorted(expected.keys() - saved.keys())
+    extra = sorted(saved.keys() - expected.keys())
+    shapes = [f"{k} {np.shape(saved[k])} (here {np.shape(expected[k])})" for k in sorted(expected.keys() & saved.keys())
+              if np.shape(saved[k]) != np.shape(expected[k])]
+    if missing or extra or shapes:
+        parts = ([f"lacks {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")] if missing else []) + \
+                ([f"has no place for {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else "")] if extra else []) + \
+                ([f"has other shapes: {', '.join(shapes[:3])}" + (" ..." if len(shapes) > 3 else "")] if shapes else [])
+        raise CheckpointError(f"resume: {path} does not fit this network (another experiment or another layer "
+                              f"count?): it {'; '.join(parts)}")
+
+
 # ---- Ctrl-C ----------------------------------------------------------------------------------------------------------------------
 class GracefulInterrupt:
     """While active, the first Ctrl-C only sets `requested`: the loop finishes the step it is in, saves a checkpoint
@@ -157,73 +297,6 @@ class GracefulInterrupt:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
         return False
-
-
-# ---- the progress line -------------------------------------------------------------------------------------------------------
-class ProgressBar:
-    """One status line on stderr, redrawn in place with a carriage return: step, bar, loss, accuracy, samples/s, ETA.
-
-    On a terminal it redraws at most 10 times a second. When stderr is a file or a pipe (no terminal to redraw) it
-    prints a plain line at every 10% of the run instead. `write(text)` prints a line above the bar.
-    """
-
-    def __init__(self, total, start=0, stream=None, enabled=True):
-        self.total, self.start, self.enabled = max(total, 1), start, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.last_draw = 0.0                          # when the line was last redrawn (terminal)
-        self.last_decile = start * 10 // self.total   # the last 10% mark printed (file or pipe)
-        self.width = 0                                # length of the line on screen, to blank it out
-        self.fields = ""                              # "loss ... acc ... | ... samples/s", set by the trainer
-
-    def update(self, step, fields=""):
-        if not self.enabled:
-            return
-        self.fields = fields or self.fields
-        now = time.perf_counter()
-        decile = step * 10 // self.total
-        if self.is_tty and (now - self.last_draw >= 0.1 or step >= self.total):
-            self._draw(self._line(step, now), end="")
-            self.last_draw = now
-        elif not self.is_tty and decile > self.last_decile:
-            self._draw(self._line(step, now), end="\n")
-            self.last_decile = decile
-
-    def _line(self, step, now):
-        frac = step / self.total
-        filled = int(20 * frac)
-        done = step - self.start
-        eta = (now - self.t0) / done * (self.total - step) if done else 0.0
-        bar = "#" * filled + "." * (20 - filled)
-        fields = f" | {self.fields}" if self.fields else ""
-        return f"step {step}/{self.total} [{bar}] {100 * frac:3.0f}%{fields} | eta {_clock(eta)}"
-
-    def _draw(self, line, end):
-        pad = " " * max(self.width - len(line), 0) if self.is_tty else ""
-        self.stream.write(("\r" if self.is_tty else "") + line + pad + end)
-        self.stream.flush()
-        self.width = len(line) if end == "" else 0
-
-    def write(self, text):
-        if not self.enabled:
-            return
-        if self.is_tty and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.width = 0
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled and self.is_tty and self.width:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.width = 0
-
-
-def _clock(seconds):
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def versions():
@@ -260,24 +333,28 @@ class Trainer:
         self.stream = stream
         self.steps_per_epoch = len(batches)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"Trainer: the batch source yields no batches per epoch ({batches!r})")
-        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+            raise ValueError(f"Trainer: batch_size = {config.batch_size} is larger than the training set, so an "
+                             f"epoch holds no batch ({batches!r}); choose a smaller --batch-size")
+        self.plan = plan(config, self.steps_per_epoch)
+        self.total_steps = self.plan.total_steps
+        self._eval_steps = set(self.plan.eval_steps)
         self.step = 0                 # completed updates
         self.records = []             # every line of metrics.jsonl, in order
+        self.history = []             # how the run was made: started, resumed, extended (into summary.json)
         self._reset_counters()
-        self._bar = ProgressBar(self.total_steps, enabled=False)
+        self._bar = Progress(self.total_steps, enabled=False)
         self._in_step = False
 
     def _reset_counters(self):
         # sums over the steps since the last training record; JSON-ready so a checkpoint can carry them
         self.window = {"examples": 0, "loss": 0.0, "correct": 0, "time_s": 0.0, "extra": {}}
-        self.totals = {"examples": 0, "train_time_s": 0.0, "wall_time_s": 0.0}
+        self.totals = {"examples": 0, "train_time_s": 0.0, "wall_time_s": 0.0,
+                       "first_loss_sum": 0.0, "first_loss_n": 0}  # the reference of the divergence check
         self._session_start = time.perf_counter()
 
     # ---- what one step does ------------------------------------------------------------------------------------------------
     def lr_at(self, step):
-        c = self.config
-        return step_lr(step, c.lr, c.lr_gamma, c.lr_decay_every, c.lr_milestones)
+        return self.plan.lr_at(step, self.config.lr, self.config.lr_gamma)
 
     def train_one_step(self):
         """One update: set this step's learning rate, take the next batch, let the learner train on it, add up."""
@@ -287,6 +364,7 @@ class Trainer:
         t0 = time.perf_counter()
         out = self.learner.train_step(x, y)
         seconds = time.perf_counter() - t0
+        self._check_divergence(out["loss"])
         self.step += 1
         self._in_step = False
 
@@ -301,12 +379,19 @@ class Trainer:
         self.totals["examples"] += n
         self.totals["train_time_s"] += seconds
 
+    def _check_divergence(self, loss):
+        try:
+            check_divergence(self.totals, loss, self.config.diverge_factor, self.step + 1, self.experiment)
+        except Diverged as err:
+            self._diverged = err.info
+            raise
+
     def after_step(self):
         """Bookkeeping after an update: training record, evaluation, checkpoint, progress line, hooks."""
         c, s = self.config, self.step
         if s % c.log_every == 0 or s == self.total_steps:
             self._log_train()
-        if (s % c.eval_every == 0) if c.eval_every else (s % self.steps_per_epoch == 0):
+        if s in self._eval_steps:
             self.evaluate_splits(test=c.eval_test)
         if c.checkpoint_every and s % c.checkpoint_every == 0:
             self.save_checkpoint()
@@ -336,7 +421,7 @@ class Trainer:
         extra = {k: v / n for k, v in w["extra"].items()}
         r = self._record("train", w["loss"] / n, w["correct"] / n, n, w["time_s"], **extra)
         speed = f"{r['samples_per_s'] / 1000:.1f}k samples/s" if r["samples_per_s"] else ""
-        self._bar.fields = f"loss {r['loss']:.4f} acc {100 * r['accuracy']:.2f}% | {speed}"
+        self._bar.status = f"loss {r['loss']:.4f} acc {100 * r['accuracy']:.2f}% | {speed}"
         self.window = {"examples": 0, "loss": 0.0, "correct": 0, "time_s": 0.0, "extra": {}}
 
     def evaluate(self, split, data):
@@ -372,35 +457,35 @@ class Trainer:
 
     def save_checkpoint(self):
         """Write everything needed to continue exactly into checkpoint.npz (atomically: a crash leaves the old one)."""
-        arrays = {f"learner/{k}": np.asarray(v) for k, v in self.learner.state_dict().items()}
-        meta = {"format": CHECKPOINT_FORMAT, "experiment": self.experiment, "step": self.step,
+        arrays = self.learner.state_dict()
+        meta = {"experiment": self.experiment, "step": self.step,
                 "batches": self.batches.state_dict(), "rng": rng_state(), "window": self.window,
                 "totals": {**self.totals, "wall_time_s": self.wall_time()}, "records": self.records,
-                "config": self.config.to_dict()}
-        arrays["meta"] = np.array(json.dumps(meta))
-        tmp = self.checkpoint_path.with_name(CHECKPOINT + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, self.checkpoint_path)
-        return self.checkpoint_path
+                "config": self.config.to_dict(), "schedule": self.plan.to_dict(), "history": self.history}
+        return write_checkpoint(self.checkpoint_path, arrays, meta)
 
     def load_checkpoint(self, path=None):
         """Restore learner, batch position, RNG state, counters and metrics; metrics.jsonl is rewritten to match."""
         path = Path(path) if path is not None else self.checkpoint_path
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {path}. Start a new run (without resume), or point "
-                                    f"out_dir at the folder of the run you want to continue.")
-        with np.load(path) as f:
-            meta = json.loads(str(f["meta"]))
-            state = _with_prefix({k: f[k] for k in f.files}, "learner/")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"resume: {path} has checkpoint format {meta.get('format')}, this minidni writes "
-                             f"format {CHECKPOINT_FORMAT}")
+        meta, state = read_checkpoint(path)
+        if self.experiment and meta.get("experiment") and meta["experiment"] != self.experiment:
+            raise CheckpointError(f"resume: {path} is a checkpoint of {meta['experiment']}, not of {self.experiment}; "
+                                  "resume it with its own experiment, or choose another folder")
+        check_state(state, self.learner.state_dict(), path)
+        if meta["step"] > self.total_steps:
+            raise CheckpointError(f"resume: {path} is at step {meta['step']}, beyond the {self.total_steps} steps "
+                                  "this config asks for; a run cannot be shortened (start a new run instead)")
         self.learner.load_state_dict(state)
         self.batches.load_state_dict(meta["batches"])
         set_rng_state(meta["rng"])
         self.step, self.window, self.totals = meta["step"], meta["window"], meta["totals"]
         self.records = meta["records"]
+        self.history = meta.get("history", [])
+        saved = meta.get("config", {})
+        changes = {k: [saved.get(k), v] for k, v in self.config.to_dict().items() if saved.get(k, v) != v}
+        self.history.append({"event": "extended" if changes.keys() & {"steps", "epochs"} else "resumed",
+                             "at_step": self.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             **({"changes": changes} if changes else {})})
         self._session_start = time.perf_counter()
         with open(self.out_dir / METRICS, "w") as fh:  # drop lines written after the checkpoint
             fh.writelines(json.dumps(r) + "\n" for r in self.records)
@@ -410,6 +495,7 @@ class Trainer:
         for name in (METRICS, SUMMARY, CHECKPOINT, CURVES):
             (self.out_dir / name).unlink(missing_ok=True)
         self.step, self.records = 0, []
+        self.history = [{"event": "started", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
         self._reset_counters()
 
     # ---- the run ------------------------------------------------------------------------------------------------------------
@@ -426,7 +512,8 @@ class Trainer:
             else:
                 self._start_fresh()
             (self.out_dir / CONFIG).write_text(to_toml(self.config, header=self._config_header()))
-            self._bar = ProgressBar(self.total_steps, start=self.step, stream=self.stream, enabled=not self.quiet)
+            self._bar = Progress(self.total_steps, initial=self.step, desc=self.experiment or "train",
+                                 stream=self.stream, enabled=show_bar(self.quiet), leave=not is_nested())
             if resume:
                 self._say(f"resumed {self.out_dir} at step {self.step}")
             self._in_step = False
@@ -437,6 +524,10 @@ class Trainer:
                     if interrupt.requested:
                         raise KeyboardInterrupt
                 return self._finish()
+            except Diverged:
+                self._log_train()
+                self._write_diverged()
+                raise
             except KeyboardInterrupt:
                 if self._in_step:  # a second Ctrl-C inside a step: the state is torn, keep the last good checkpoint
                     self._say(f"interrupted inside step {self.step + 1}; {self.checkpoint_path} is left as it was")
@@ -446,6 +537,18 @@ class Trainer:
                 raise
             finally:
                 self._bar.close()
+
+    def _write_diverged(self):
+        """summary.json of a stopped run: status "diverged", where and why; checkpoint.npz stays the last good one."""
+        last_good = None
+        if self.checkpoint_path.is_file():
+            try:
+                last_good = read_checkpoint(self.checkpoint_path)[0]["step"]
+            except (CheckpointError, FileNotFoundError):
+                last_good = None
+        summary = {**self.summary({}), "status": "diverged", "diverged": self._diverged,
+                   "checkpoint_step": last_good}
+        (self.out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
 
     def _config_header(self):
         name = self.experiment or "run"
@@ -500,5 +603,7 @@ class Trainer:
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "config": self.config.to_dict(),
+            "schedule": self.plan.to_dict(),
+            "history": self.history,
             "files": {"metrics": METRICS, "curves": CURVES, "checkpoint": CHECKPOINT, "config": CONFIG},
         }

@@ -56,9 +56,15 @@ def test_run_refuses_to_overwrite_and_resume_continues(run_dir, tmp_path, capsys
 
     out = tmp_path / "resumed"
     assert main(["run", NAME, "--out", str(out), "--steps", "6", "--batch-size", "64", "--quiet"]) == 0
-    assert main(["run", NAME, "--out", str(out), "--resume", "--steps", "10", "--quiet"]) == 0  # batch size from config.toml
+    # a longer run is the explicit --extend; the batch size comes from config.toml
+    assert main(["run", NAME, "--out", str(out), "--resume", "--extend", "--steps", "10", "--quiet"]) == 0
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["steps"] == 10 and summary["config"]["batch_size"] == 64
+    assert [h["event"] for h in summary["history"]] == ["started", "extended"]
+    assert summary["history"][1]["at_step"] == 6 and summary["history"][1]["changes"]["steps"] == [6, 10]
+    # the decays the 6-step run made (lr_decay_at 1/2, 3/4 of 6 steps: steps 3 and round(4.5) = 4) stay put
+    assert summary["config"]["lr_milestones"] == [3, 4] and summary["config"]["lr_decay_at"] == []
+    assert load_toml(out / CONFIG)["steps"] == 10
 
 
 def test_list_and_show(capsys):

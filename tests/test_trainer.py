@@ -160,3 +160,85 @@ def test_extra_numbers_from_a_learner_are_logged(tmp_path):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         make_trainer(tmp_path).fit(resume=True)
+
+
+# ---- the plan: one derivation of length, lr decay points and evaluation points ---------------------------------------
+def test_plan_keeps_the_default_schedules_and_moves_them_with_the_budget():
+    from minidni.experiments.mnist_dni import CompareConfig
+    from minidni.experiments.mnist_fcn import MnistFcnConfig
+    from minidni.train import plan
+
+    p = plan(MnistFcnConfig(), 214)                       # 55,000 images in batches of 256
+    assert p.total_steps == 4280 and p.lr_milestones == (2140, 3210) and p.eval_steps == tuple(range(214, 4281, 214))
+    p = plan(override(MnistFcnConfig(), {"epochs": 5}), 214)
+    assert p.lr_milestones == (535, 802)                  # 1/2 and 3/4 of 5 epochs, not the 20-epoch steps
+    p = plan(CompareConfig(), 214)
+    assert p.lr_milestones == (642, 856) and p.eval_steps == tuple(range(107, 1071, 107))
+    p = plan(override(CompareConfig(), {"steps": 100}), 214)
+    assert p.lr_milestones == (60, 80) and p.eval_steps == tuple(range(10, 101, 10))
+    p = plan(override(CompareConfig(), {"batch_size": 128}), 429)
+    assert p.total_steps == 2145 and p.lr_milestones == (1287, 1716) and len(p.eval_steps) == 10
+    # absolute settings win over fractions, in the documented order
+    assert plan(override(MnistFcnConfig(), {"lr_milestones": [7]}), 214).lr_milestones == (7,)
+    assert plan(override(CompareConfig(), {"eval_every": 3, "steps": 9}), 214).eval_steps == (3, 6, 9)
+
+
+def test_trainer_uses_the_plan(tmp_path):
+    seen = []
+    run = make_trainer(tmp_path, hooks=[lambda t: seen.append(t.learner.optimizer.lr)], steps=8, lr=0.1,
+                       lr_gamma=0.5, lr_decay_at=(0.5,), eval_every=0, eval_count=2)
+    summary = run.fit()
+    assert seen == [0.1] * 4 + [0.05] * 4
+    assert [r["step"] for r in run.records if r["split"] == "val"] == [4, 8]
+    assert summary["schedule"]["lr_milestones"] == [4] and summary["schedule"]["eval_steps"] == [4, 8]
+
+
+# ---- divergence ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e6])
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, bad):
+    from minidni.train import Diverged
+
+    run = make_trainer(tmp_path, checkpoint_every=2)
+    inner = run.learner.train_step
+    run.learner.train_step = lambda x, y: {**inner(x, y), **({"loss": bad} if run.step == 6 else {})}
+    with pytest.raises(Diverged, match="diverged at step 7"):
+        run.fit()
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    assert summary["status"] == "diverged" and summary["diverged"]["step"] == 7
+    assert summary["checkpoint_step"] == 6
+    with np.load(tmp_path / CHECKPOINT) as f:
+        assert json.loads(str(f["meta"]))["step"] == 6
+
+
+def test_an_ordinary_loss_is_not_divergence(tmp_path):
+    run = make_trainer(tmp_path, diverge_factor=1.5)       # the blobs' loss only falls
+    assert run.fit()["status"] == "finished"
+    run = make_trainer(tmp_path / "off", diverge_factor=0.0)
+    inner = run.learner.train_step
+    run.learner.train_step = lambda x, y: {**inner(x, y), **({"loss": 1e9} if run.step == 3 else {})}
+    assert run.fit()["status"] == "finished"              # 0: only a non-finite loss stops
+
+
+# ---- what a resume may and may not do ------------------------------------------------------------------------------
+def test_resume_records_its_history_and_refuses_to_shorten(tmp_path):
+    from minidni.train import CheckpointError
+
+    make_trainer(tmp_path, steps=10).fit()
+    with pytest.raises(CheckpointError, match="cannot be shortened"):
+        make_trainer(tmp_path, steps=6).fit(resume=True)
+    summary = make_trainer(tmp_path, steps=12).fit(resume=True)
+    assert [h["event"] for h in summary["history"]] == ["started", "extended"]
+    assert summary["history"][1]["changes"] == {"steps": [10, 12]} and summary["history"][1]["at_step"] == 10
+
+
+def test_resume_refuses_a_checkpoint_of_another_network(tmp_path):
+    from minidni.train import CheckpointError
+
+    make_trainer(tmp_path, steps=4).fit()
+    other = make_trainer(tmp_path)
+    other.learner.model = mlp(8, 16, 3, n_hidden=3, batch_norm=True, rng=np.random.default_rng(0))  # one more layer
+    with pytest.raises(CheckpointError, match="does not fit this network"):
+        other.fit(resume=True)
+    (tmp_path / CHECKPOINT).write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        make_trainer(tmp_path).fit(resume=True)

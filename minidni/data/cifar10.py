@@ -38,8 +38,9 @@ CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 
 def _where_to_get_it() -> str:
     return (
-        f"Download {CIFAR10_URL} (163 MB) and pass its path, or the folder {CIFAR10_FOLDER}/ it unpacks to, as "
-        f"load_cifar10(path=...); or put either one inside the folder named by ${DATA_ENV_VAR}."
+        f"Download {CIFAR10_URL} (163 MB) and pass its path, or the folder {CIFAR10_FOLDER}/ it unpacks to, with "
+        f"--data-dir on the command line (load_cifar10(path=...) in Python); or put either one inside the folder "
+        f"named by ${DATA_ENV_VAR}."
     )
 
 

@@ -158,7 +158,7 @@ def read_idx(path: str | Path, *, sha256: str | None = None) -> np.ndarray:
                 f"  found    {found}\n"
                 "The file is corrupt or is a different file. Replace it with a fresh copy "
                 "(the package ships one under minidni/data/mnist/, or reinstall minidni), "
-                "or pass verify=False to skip the check at your own risk."
+                "or skip the check at your own risk: verify=False in Python, --no-verify on the command line."
             )
     return array
 
@@ -209,7 +209,8 @@ def find_mnist_file(folder: Path, name: str, why: str = "") -> Path:
         f"MNIST file {name!r} not found: looked for {looked}"
         + (f" (folder chosen from {why})" if why else "")
         + ".\nPut the four MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte; raw or .gz) in that folder, pass data_dir=<folder holding them>, "
+        "t10k-labels-idx1-ubyte; raw or .gz) in that folder, pass the folder holding them (data_dir=... in "
+        "Python, --data-dir on the command line), "
         f"or unset ${DATA_ENV_VAR} to use the copy shipped inside the package."
     )
 
