@@ -23,6 +23,11 @@ well below the 2048^3 rate, so we also time those products alone (same shapes, N
 no engine calling this BLAS can beat -- and print each engine's fraction of it: what remains is the engine's own cost.
 JIT compile time (cold cache, then warm cache) is measured in fresh subprocesses.
 
+Every engine trains in float32, and that is checked, not assumed: each engine's `step` carries `step.arrays()`
+(parameters, gradients, optimizer moments, activations) and its worker refuses to start unless all of them are
+float32 after a step (`check_float32`; the numpy-loop baseline once ran in float64 because a float32 array divided
+by np.sqrt(int), a float64 scalar, is float64 under NumPy 2's promotion rules).
+
     python benchmarks/bench_engine.py                 # full run, writes benchmarks/results/engine-*.json
     python benchmarks/bench_engine.py --quick         # fewer samples
 """
@@ -93,7 +98,59 @@ def gemm_only_steps_per_s(k, reps=30):
     return 1 / float(np.median(times))
 
 
+# ---- float32 everywhere --------------------------------------------------------------------------------------------
+def check_float32(engine, arrays):
+    """Raise unless every array (NumPy or torch) in {name: array} is float32: engines are compared at one precision.
+    Returns how many arrays were checked."""
+    if not arrays:
+        raise AssertionError(f"{engine}: no arrays to check; the benchmark must verify that it trains in float32")
+    bad = [f"{name} is {str(a.dtype).replace('torch.', '')}" for name, a in arrays.items()
+           if str(a.dtype).replace("torch.", "") != "float32"]
+    if bad:
+        raise AssertionError(f"{engine}: every engine must train in float32, but after a step "
+                             f"{len(bad)} of {len(arrays)} arrays are not: {', '.join(bad[:5])}"
+                             + (", ..." if len(bad) > 5 else ""))
+    return len(arrays)
+
+
+def minidni_arrays(model, opt, x):
+    """{name: array} of a minidni nn.Sequential after a step: parameters, gradients, Adam moments, and the
+    activation after every layer (one extra forward pass in eval mode, outside any timing)."""
+    from minidni.autograd import no_grad
+
+    out = {f"param {n}": p.data for n, p in model.named_parameters()}
+    out.update({f"grad {n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
+    out.update({f"adam {name}.{k}": b for name in ("m", "v") for k, b in enumerate(getattr(opt, name, []))})
+    with no_grad():
+        model.eval()
+        h = x
+        for i, layer in enumerate(model):
+            h = layer(h)
+            out[f"activation {i} ({type(layer).__name__})"] = h.data
+        model.train()
+    return out
+
+
+def torch_arrays(model, opt, x):
+    """The same for a torch nn.Sequential and its optimizer."""
+    import torch
+
+    out = {f"param {n}": p for n, p in model.named_parameters()}
+    out.update({f"grad {n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
+    out.update({f"adam {k} of {n}": v for n, p in model.named_parameters() for k, v in opt.state.get(p, {}).items()
+                if k != "step"})
+    with torch.no_grad():
+        model.eval()
+        h = x
+        for i, layer in enumerate(model):
+            h = layer(h)
+            out[f"activation {i} ({type(layer).__name__})"] = h
+        model.train()
+    return out
+
+
 # ---- the engines: each returns a `step()` closure doing one full training step ------------------------------------------------
+# (and `step.arrays()`, what check_float32 inspects after a step)
 def make_minidni(k, bn, backend, x, y, fused=False):
     import minidni as md
     from minidni import nn, ops, optim
@@ -110,6 +167,7 @@ def make_minidni(k, bn, backend, x, y, fused=False):
         opt.step()
         return loss
 
+    step.arrays = lambda: minidni_arrays(model, opt, xt)
     return step
 
 
@@ -117,7 +175,8 @@ def make_numpy_loop(k, bn, x, y):
     """Hand-written forward/backward with in-place NumPy Adam: the plainest possible training step."""
     rng = np.random.default_rng(0)
     dims = [D_IN] + [H] * k + [D_OUT]
-    Ws = [rng.uniform(-1, 1, (a, b)).astype(np.float32) / np.sqrt(a) for a, b in zip(dims[:-1], dims[1:])]
+    # scale in float64, THEN cast: float32 / np.sqrt(a) (a float64 scalar) would be float64 under NumPy 2
+    Ws = [(rng.uniform(-1, 1, (a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(dims[:-1], dims[1:])]
     bs = [np.zeros(b, np.float32) for b in dims[1:]]
     gammas = [np.ones(H, np.float32) for _ in range(k)]
     betas = [np.zeros(H, np.float32) for _ in range(k)]
@@ -126,6 +185,7 @@ def make_numpy_loop(k, bn, x, y):
     vs = [np.zeros_like(p) for p in params]
     t = [0]
     onehot = np.eye(D_OUT, dtype=np.float32)[y]
+    last = {}
 
     def step():
         acts, caches = [x], []
@@ -160,6 +220,7 @@ def make_numpy_loop(k, bn, x, y):
                 grads_gamma[i - 1] = (g * zh).sum(0)
                 g = (gammas[i - 1] * inv / B) * (B * g - grads_beta[i - 1] - zh * grads_gamma[i - 1])
         grads = grads_W + grads_b + (grads_gamma + grads_beta if bn else [])
+        last.update(acts=acts, probs=p, grads=grads, loss=loss)
         t[0] += 1
         c1, c2 = 1 - 0.9 ** t[0], 1 - 0.999 ** t[0]
         for p_, g_, m, v in zip(params, grads, ms, vs):
@@ -170,6 +231,15 @@ def make_numpy_loop(k, bn, x, y):
             p_ -= (1e-3 / c1) * m / (np.sqrt(v / c2) + 1e-8)
         return loss
 
+    def arrays():
+        out = {f"param {i}": p_ for i, p_ in enumerate(params)}
+        out.update({f"grad {i}": g_ for i, g_ in enumerate(last["grads"])})
+        out.update({f"adam m.{i}": m for i, m in enumerate(ms)} | {f"adam v.{i}": v for i, v in enumerate(vs)})
+        out.update({f"activation {i}": a for i, a in enumerate(last["acts"])})
+        out.update(probs=last["probs"], loss=np.asarray(last["loss"]))
+        return out
+
+    step.arrays = arrays
     return step
 
 
@@ -196,6 +266,7 @@ def make_torch(k, bn, x, y, fused):
         loss.backward()
         opt.step()
 
+    step.arrays = lambda: torch_arrays(model, opt, xt)
     return step
 
 
@@ -219,11 +290,21 @@ def worker():
     rng = np.random.default_rng(0)
     x = rng.random((B, D_IN), dtype=np.float32)
     y = rng.integers(0, D_OUT, B)
-    serve(make_engine(name, int(k), bn == "1", x, y))
+    serve(make_engine(name, int(k), bn == "1", x, y), name)
 
 
-def serve(step):
-    """The worker's side of `measure`: say ready, then for each line n on stdin print the seconds n steps took."""
+def serve(step, name="engine"):
+    """The worker's side of `measure`: say ready, then for each line n on stdin print the seconds n steps took.
+
+    A step with `step.arrays` is first run once and checked to train in float32 (else the worker says why, and
+    `measure` stops)."""
+    if hasattr(step, "arrays"):
+        step()
+        try:
+            check_float32(name, step.arrays())
+        except AssertionError as e:
+            print(f"error: {e}", flush=True)
+            raise
     print("ready", flush=True)
     for line in sys.stdin:
         n = int(line)
@@ -251,8 +332,9 @@ def measure(names, k, bn, samples, steps_per_sample, warmup, settle, script=__fi
 
     try:
         for name, p in procs.items():
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"benchmark worker for {name} failed to start")
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"benchmark worker for {name} failed to start" + (f": {line}" if line else ""))
             ask(p, warmup)
         rates = {name: [] for name in names}
         for _ in range(samples):

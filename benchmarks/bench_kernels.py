@@ -8,6 +8,10 @@ It also measures the two compile-option decisions documented in minidni/kernels/
   * `parallel=True` (prange) for the Adam update -- a variant defined here, not in the engine -- against the serial
     kernel, in the configuration that matters: called between BLAS calls that use every core;
   * the batch-norm forward kernel, version 1 (three passes) against version 2 (two passes).
+And the accuracy of the one-pass batch-norm statistics far from zero (float64, mean 1e4, std 1), against the
+two-pass formula in extended precision.
+
+Everything is timed in float32, and `check` asserts it: each kernel's outputs must be float32 too.
 
     python benchmarks/bench_kernels.py
 """
@@ -38,6 +42,11 @@ def check(name, a, b, rtol=1e-5, atol=1e-6):
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
         if x is None and y is None:
             continue
+        for side, out in (("numba", x), ("reference", y)):
+            dtype = np.asarray(out).dtype
+            if dtype.kind == "f" and dtype != np.float32:
+                raise AssertionError(f"{name}: the {side} kernel returned {dtype} for float32 inputs; every kernel "
+                                     "is benchmarked (and must compute) in float32")
         if not np.allclose(x, y, rtol=rtol, atol=atol):
             raise AssertionError(f"{name}: numba and reference differ by {np.abs(np.asarray(x) - y).max()}")
 
@@ -95,6 +104,15 @@ def main():
     t_cpu = best_us(lambda: cpu.adam_step_(p, grad, m, v, *hyper), 50)
     print(f"  {'adam_step_ (465k params)':<30}{t_ref:>10.1f}{t_cpu:>10.1f}{t_ref / t_cpu:>9.1f}x"
           f"{moved / t_cpu / 1e3:>12.1f}")
+
+    xs = 1e4 + rng.standard_normal((N, C))                          # float64, |mean| / std = 1e4
+    xl = xs.astype(np.longdouble)
+    exact = ((xl - xl.mean(axis=0)) ** 2).mean(axis=0)
+    ones, zeros = np.ones(C), np.zeros(C)
+    errs = {lib: float(np.max(np.abs(k.batchnorm_train_forward(xs, ones, zeros, 1e-5)[3] - exact) / exact))
+            for lib, k in (("numpy", ref), ("numba", cpu))}
+    print(f"\nbatch-norm variance at mean 1e4, std 1 (float64), max relative error: numpy {errs['numpy']:.1e}, "
+          f"numba {errs['numba']:.1e}")
 
     print("\ncompile options")
     for version in (1, 2):

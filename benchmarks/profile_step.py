@@ -5,6 +5,7 @@ on the active backend. We time `--steps` plain steps, then wrap every public fun
 (the *_forward / *_backward / *_step_ kernels, and sum_rows) with a timer and time as many again: the kernels' share
 is what they measured, and "rest" is the step's own Python -- graph building, the backward loop, checks, dispatch.
 The wrappers add ~1 us per call, so the instrumented step is a little slower than the plain one (both printed).
+After warm-up it checks that the step trains in float32 (parameters, gradients, Adam moments, activations).
 
     python benchmarks/profile_step.py                      # 5 hidden layers, batch norm, plain modules
     python benchmarks/profile_step.py --fused --no-bn      # nn.mlp(..., fused=True), no batch norm
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench_engine.py, beside this file
-from bench_engine import B, D_IN, D_OUT, make_minidni  # noqa: E402
+from bench_engine import B, D_IN, D_OUT, check_float32, make_minidni  # noqa: E402
 
 
 def make_step(k, bn, fused):
@@ -47,6 +48,7 @@ def profile(k=5, bn=True, fused=False, steps=200, warmup=30):
 
     step = make_step(k, bn, fused)
     timed(step, warmup)
+    check_float32(f"minidni-{kernels.get_backend()}", step.arrays())   # it profiles float32 training, as benchmarked
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     plain = timed(step, steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps

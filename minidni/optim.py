@@ -4,8 +4,10 @@
     loss.backward(); opt.step(); opt.zero_grad()
 
 `lr` is a plain attribute, so a schedule can change it between steps. `state_dict()` / `load_state_dict()` carry the
-step count and moment buffers, so a resumed run continues bit-identically. Jaderberg et al. 2016 train every
-feed-forward model (and the synthesizers) with Adam (Sec. 3.3, appendix A).
+step counts and moment buffers, so a resumed run continues bit-identically. A parameter whose `grad` is None is
+skipped by `step()`: nothing about it changes, and Adam counts steps PER PARAMETER for its bias correction, as
+torch.optim.Adam does (`steps[k]` is how many updates parameter k has had; `t` counts calls to step()).
+Jaderberg et al. 2016 train every feed-forward model (and the synthesizers) with Adam (Sec. 3.3, appendix A).
 """
 from __future__ import annotations
 
@@ -98,7 +100,16 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015) as PyTorch writes it; see kernels.reference.adam_step_ for the update."""
+    """Adam (Kingma & Ba 2015) as PyTorch writes it; see kernels.reference.adam_step_ for the update.
+
+    Bias correction uses each parameter's own step count n_k:  bias1 = 1 - beta1^n_k,  bias2 = 1 - beta2^n_k,
+    with n_k advanced only when parameter k has a gradient. (One global count would over-correct a parameter that
+    joins late: with grads None for its first 5 steps, its first update would use 1 - 0.9^6 instead of 1 - 0.9.)
+
+    state_dict: {"t", "lr", "steps" (int64, one per parameter), "m.k", "v.k"}. A state saved before per-parameter
+    counting has no "steps": every parameter then resumes at the single global count t, which is exactly what that
+    older optimizer would have used next.
+    """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
@@ -107,16 +118,36 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.m = [np.zeros_like(p.data) for p in self.params]
         self.v = [np.zeros_like(p.data) for p in self.params]
+        self.steps = [0] * len(self.params)
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}
 
+    def state_dict(self):
+        return {**super().state_dict(), "steps": np.asarray(self.steps, dtype=np.int64)}
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        steps = state.pop("steps", None)
+        if steps is not None:
+            steps = np.asarray(steps)
+            if steps.shape != (len(self.params),) or steps.dtype.kind not in "iu" or (steps < 0).any():
+                raise ValueError(f"Adam.load_state_dict: steps must hold one count >= 0 per parameter, shape "
+                                 f"({len(self.params)},), got shape {steps.shape}, dtype {steps.dtype}")
+        super().load_state_dict(state)                 # checks the rest; a refused state changes nothing
+        self.steps = [int(n) for n in steps] if steps is not None else [self.t] * len(self.params)
+
     def step(self):
         self.t += 1
         b1, b2 = self.betas
-        bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        hyper = _Cast(self.lr, b1, b2, self.eps, bias1, bias2, self.weight_decay)
-        for p, m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:
+        hyper = _Cast(self.lr, b1, b2, self.eps, self.weight_decay)
+        bias = {}                                      # (n, dtype) -> (1 - b1^n, 1 - b2^n) in that dtype
+        for k, (p, m, v) in enumerate(zip(self.params, self.m, self.v)):
+            if p.grad is None:                         # skipped: its step count does not advance
                 continue
-            kernels.active.adam_step_(p.data, p.grad, m, v, *hyper(p.data.dtype))
+            self.steps[k] = n = self.steps[k] + 1
+            dtype = p.data.dtype
+            if (n, dtype) not in bias:
+                bias[n, dtype] = (dtype.type(1 - b1 ** n), dtype.type(1 - b2 ** n))
+            lr, beta1, beta2, eps, weight_decay = hyper(dtype)
+            kernels.active.adam_step_(p.data, p.grad, m, v, lr, beta1, beta2, eps, *bias[n, dtype], weight_decay)

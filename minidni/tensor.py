@@ -7,7 +7,8 @@ ops in `minidni.ops`, where forward and backward live side by side.
 
 Dtypes: Python numbers and lists become float32; a NumPy float32 or float64 array keeps its dtype (float64 is for
 gradient checks); integer arrays stay integer (labels) and can never require a gradient. Ops refuse to mix float32
-and float64 silently -- convert explicitly with `.astype()`.
+and float64 silently -- convert explicitly with `.astype()`. Anything that is not a real number (None, strings,
+complex values: an object, str or complex array) is refused with a TypeError rather than turned into nan or 0.
 """
 from __future__ import annotations
 
@@ -19,13 +20,21 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_array(data, dtype):
+    arr = data if isinstance(data, np.ndarray) else np.asarray(data)
+    if arr.dtype.kind not in "fiub":  # refuse None -> nan, "1" -> 1.0, 1+2j -> 1.0 rather than guess
+        odd = [v for v in arr.flat if not isinstance(v, (int, float, np.number)) or isinstance(v, complex)][:1]
+        what = f"; the first non-number is {odd[0]!r} ({type(odd[0]).__name__})" if odd else ""
+        raise TypeError(
+            f"Tensor: data must be real numbers (float, int or bool), got {type(data).__name__} of dtype "
+            f"{arr.dtype}, shape {arr.shape}{what}. Pass numbers: replace None by a value (np.nan if you mean "
+            "'missing'), convert strings with float(), take .real of complex values."
+        )
     if dtype is not None:
-        return np.asarray(data, dtype=dtype)
+        return np.asarray(arr, dtype=dtype)
     if isinstance(data, np.ndarray):
         if data.dtype in _FLOATS or data.dtype.kind in "iub":
             return data
         return data.astype(np.float32)
-    arr = np.asarray(data)
     if arr.dtype.kind in "iub" and not isinstance(data, (bool, int)) and arr.ndim > 0:
         return arr  # a list of ints: labels
     return arr.astype(np.float32)

@@ -57,6 +57,21 @@ def test_bench_gemm_split_runs():
     assert "numpy-2t" in res.stdout and "threads-1t" in res.stdout
 
 
+def test_bench_lstm_runs_and_writes_json(tmp_path):
+    """bench_lstm.py at a tiny size (hidden 16, T = 2): every engine trains, the JSON has one row per engine."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_lstm.py"), "--sizes", "copy", "--T", "2", "--hidden", "16",
+           "--samples", "2", "--sample-s", "0", "--warmup", "1", "--settle", "0", "--ceiling-n", "256",
+           "--threads", "1", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "GEMM bound" in res.stdout and "minidni-cell" in res.stdout
+    (path,) = tmp_path.glob("lstm-*.json")
+    data = json.loads(path.read_text())
+    engines = {r["engine"] for r in data["results"]}
+    assert {"minidni", "minidni-cell"} <= engines <= {"minidni", "minidni-cell", "torch", "torch-cell"}
+    assert all(r["steps_per_s"] > 0 and r["T"] == 2 and r["hidden"] == 16 for r in data["results"])
+
+
 def test_bench_dni_help():
     """bench_dni.py needs minutes even with --quick; here we only check it imports and parses its arguments."""
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dni.py"), "--help"], capture_output=True,
@@ -95,3 +110,91 @@ def test_profile_step_times_a_kernel_that_calls_another_once():
     calls = {name: n for name, (_, n) in out["kernels"].items()}
     assert calls["linear_relu_backward"] == 2 and calls["linear_backward"] == 1   # the output layer's only
     assert sum(s for s, _ in out["kernels"].values()) < out["instrumented_s"]
+
+
+def _import_bench(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_every_engine_of_bench_engine_trains_in_float32():
+    """The check each worker runs before it is timed; the numpy-loop once ran in float64 (np.sqrt(int) promotes)."""
+    import numpy as np
+
+    bench_engine = _import_bench("bench_engine")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((bench_engine.B, bench_engine.D_IN), dtype=np.float32), rng.integers(0, 10, bench_engine.B)
+    names = ["minidni-numba", "minidni-numba-fused", "minidni-numpy", "numpy-loop"]
+    try:
+        import torch  # noqa: F401
+        names += ["torch", "torch-fused"]
+    except ImportError:
+        pass
+    for name in names:
+        for bn in (False, True):
+            step = bench_engine.make_engine(name, 1, bn, x, y)
+            step()
+            assert bench_engine.check_float32(name, step.arrays()) >= 10, name
+    with pytest.raises(AssertionError, match=r"numpy-loop: every engine must train in float32.*w is float64"):
+        bench_engine.check_float32("numpy-loop", {"w": np.ones(2), "b": np.ones(2, np.float32)})
+
+
+def test_bench_dni_against_torch_dni_on_tiny_sizes(tmp_path):
+    """minidni DNI and cDNI (linear and MLP synthesizers) against their PyTorch peers, in one run at a tiny size."""
+    pytest.importorskip("torch")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_dni.py"), "--only", "dni", "--synths", "dni", "cdni-mlp",
+           "--batch", "8", "--width", "16", "--layers", "2", "--synth-width", "16", "--samples", "2",
+           "--sample-s", "0.01", "--settle", "0", "--torch-threads", "1", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "minidni DNI vs PyTorch DNI" in res.stdout and "torch-cdni-mlp" in res.stdout
+    (path,) = tmp_path.glob("dni-*.json")
+    data = json.loads(path.read_text())
+    assert set(data["vs_torch"]) == {"dni", "cdni-mlp"} and all(r > 0 for r in data["vs_torch"].values())
+    rows = {r["config"]: r for r in data["results"]}
+    assert set(rows) == {"locked", "dni", "cdni-mlp", "torch-dni", "torch-cdni-mlp"}
+
+
+@pytest.mark.parametrize("kind", ["dni", "cdni", "dni-mlp", "cdni-mlp"])
+def test_torch_dni_is_the_same_algorithm_as_minidni(kind):
+    """bench_dni's PyTorch DNI, started from minidni's weights, trains to the same parameters (float64, 3 batches)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from minidni.dni import mnist_fcn
+
+    bench_dni = _import_bench("bench_dni")
+    bench_dni.configure(batch=6, width=5, layers=2, synth_width=7)
+    try:
+        net = mnist_fcn(layers=3, hidden=5, synthesizer="mlp" if kind.endswith("-mlp") else "linear",
+                        synth_hidden=(7, 7), conditioned=kind.startswith("cdni"), dtype=np.float64, seed=1)
+        peer = bench_dni.TorchDNI(kind)
+    finally:
+        bench_dni.configure()
+    ours = [m for m in net.modules] + net.synthesizers
+    theirs = peer.modules + peer.synths
+    for a, b in zip(ours, theirs):
+        b.double()
+        pa, pb = a.parameters(), list(b.parameters())
+        assert len(pa) == len(pb)
+        with torch.no_grad():
+            for p, q in zip(pa, pb):
+                q.copy_(torch.from_numpy(p.data.T.copy() if p.ndim == 2 else p.data))
+    peer.opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in peer.modules]   # over the float64 tensors
+    peer.synth_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in peer.synths]
+    start = [[p.data.copy() for p in a.parameters()] for a in ours]
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x, y = rng.standard_normal((6, 784)), rng.integers(0, 10, 6)
+        net.train_step(x, y)
+        peer.step(torch.from_numpy(x), torch.from_numpy(y))
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        for p, q in zip(a.parameters(), b.parameters()):
+            want = q.detach().numpy()
+            np.testing.assert_allclose(p.data, want.T if p.ndim == 2 else want, rtol=1e-8, atol=1e-10,
+                                       err_msg=f"part {i}")
+        moved = max(np.abs(p.data - p0).max() for p, p0 in zip(a.parameters(), start[i]))
+        assert moved > 1e-4, f"part {i} did not train: the comparison would be vacuous"

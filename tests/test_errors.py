@@ -253,3 +253,101 @@ def test_fused_ops_name_themselves_in_errors():
         ops.batch_norm_relu(t((1, 3)), t((3,)), t((3,)))
     with pytest.raises(ValueError, match=r"batch_norm_relu: running_var.*float32.*float64"):
         ops.batch_norm_relu(t((5, 3)), t((3,)), t((3,)), np.zeros(3, np.float32), np.ones(3))
+
+
+# ---- silent acceptance in the Python API (issue 13, item 9) ------------------------------------------------------------
+@pytest.mark.parametrize("data,came", [
+    ([None, 1], r"dtype object.*first non-number is None \(NoneType\)"),
+    (np.array([1.0, None]), r"ndarray of dtype object.*None"),
+    (["1", "2"], r"dtype <U1.*'1'"),
+    ([1 + 2j], r"dtype complex128"),
+])
+def test_tensor_refuses_what_is_not_a_real_number(data, came):
+    with pytest.raises(TypeError, match=r"Tensor: data must be real numbers.*" + came):
+        Tensor(data)
+    with pytest.raises(TypeError, match=r"Tensor: data must be real numbers"):
+        Tensor(data, dtype=np.float64)   # an explicit dtype must not turn None into nan either
+
+
+def test_tensor_still_takes_numbers_lists_and_labels():
+    assert Tensor([1.5, 2]).dtype == np.float32 and Tensor([1, 2]).dtype == np.int64
+    assert Tensor(np.ones(2, np.float16)).dtype == np.float32 and Tensor([True]).dtype == np.bool_
+    assert Tensor(np.ones(2)).dtype == np.float64 and np.isnan(Tensor([np.nan, 1.0]).data[0])
+
+
+@pytest.mark.parametrize("k", [1.5, -1, "2", True])
+def test_delayed_k_must_be_a_whole_number_of_batches(k):
+    from minidni.dni import schedules as S
+
+    with pytest.raises(ValueError, match=rf"delayed: k .* must be an integer >= 0, got {k!r}"):
+        S.delayed(k)
+
+
+def test_delayed_takes_numpy_integers():
+    from minidni.dni import schedules as S
+
+    assert S.delayed(np.int64(2)).k == 2 and S.delayed(0).per_batch
+
+
+@pytest.mark.parametrize("call,what", [
+    (lambda S: S.dni().grid(n_batches=3, n_modules=-1), r"dni\(\)\.events: n_modules must be an integer >= 1, got -1"),
+    (lambda S: S.locked().events(0, 3), r"locked\(\)\.events: n_batches must be an integer >= 1, got 0"),
+    (lambda S: S.pipelined().events(4, 0), r"n_modules must be an integer >= 1, got 0"),
+    (lambda S: S.stochastic(0.5).describe(2.5, 2), r"n_batches must be an integer >= 1, got 2.5"),
+    (lambda S: S.delayed(1).first_tick(0, 0), r"delayed\(k=1\)\.first_tick: n_modules must be an integer >= 1"),
+])
+def test_schedules_refuse_empty_or_negative_sizes(call, what):
+    from minidni.dni import schedules as S
+
+    with pytest.raises(ValueError, match=what):
+        call(S)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_dninet_refuses_a_synthesizer_of_the_wrong_width(fused):
+    from minidni.dni import DNINet, Synthesizer, mlp_modules
+
+    modules = mlp_modules(8, 16, 3, n_hidden=2, rng=0, fused=fused)
+    with pytest.raises(ValueError, match=r"DNINet: synthesizer 1 predicts the gradient of 12 features, but module 1 "
+                                         r"outputs 16 features.*Synthesizer\(16, \.\.\.\)"):
+        DNINet(modules, [Synthesizer(16, rng=0), Synthesizer(12, 3, rng=0)])
+    DNINet(modules, [Synthesizer(16, rng=0), Synthesizer(16, 3, rng=0)])   # the right widths build
+
+
+def test_dninet_refuses_a_conv_synthesizer_of_the_wrong_channels():
+    from minidni.dni import DNINet
+    from minidni.dni.synthesizer import ConvSynthesizer
+
+    block = nn.Sequential(nn.Conv2d(1, 4, 3, padding="same", rng=0), nn.ReLU(), nn.MaxPool2d(2))
+    head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 2 * 2, 3, rng=0))
+    with pytest.raises(ValueError, match=r"synthesizer 0 predicts the gradient of 5 channels, but module 0 outputs "
+                                         r"4 channels.*ConvSynthesizer\(4, \.\.\.\)"):
+        DNINet([block, head], [ConvSynthesizer(5, rng=0)])
+    DNINet([block, head], [ConvSynthesizer(4, rng=0)])
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda: nn.Linear(0, 3), r"Linear\(0, 3\): in_features must be a positive integer.*got 0"),
+    (lambda: nn.Linear(3, -2), r"Linear\(3, -2\): out_features must be a positive integer.*got -2"),
+    (lambda: nn.Linear(2.5, 3), r"in_features must be a positive integer.*got 2.5"),
+    (lambda: __import__("minidni.dni", fromlist=["Synthesizer"]).Synthesizer(0),
+     r"Synthesizer\(0, .*features \(the width of h\) must be a positive integer.*got 0"),
+    (lambda: __import__("minidni.dni", fromlist=["Synthesizer"]).Synthesizer(4, 0), r"n_classes must be a positive"),
+    (lambda: __import__("minidni.dni", fromlist=["Synthesizer"]).Synthesizer(4, hidden=(8, 0)),
+     r"each hidden width must be a positive integer.*got 0"),
+])
+def test_layer_sizes_must_be_positive_integers(make, what):
+    with pytest.raises(ValueError, match=what):
+        make()
+
+
+@pytest.mark.parametrize("a,b,advice", [
+    (np.float32, np.uint8, r"convert the uint8 operand to float32 first, e.g. x.astype\(np.float32\)"),
+    (np.uint8, np.float32, r"convert the uint8 operand to float32 first, e.g. x.astype\(np.float32\)"),
+    (np.float64, np.int64, r"convert the int64 operand to float64 first"),
+    (np.float32, np.float64, r"the float64 operand with x.astype\(np.float32\)"),
+])
+def test_mixed_dtype_advice_converts_to_the_float_side(a, b, advice):
+    with pytest.raises(TypeError, match=r"add: mixed dtypes.*" + advice) as err:
+        t((3,), a) + t((3,), b)
+    assert "astype(np.uint8)" not in str(err.value) and "astype(np.int64)" not in str(err.value)

@@ -260,6 +260,49 @@ def test_optimizer_skips_parameters_without_grad(backend):
     assert np.all(a.data < 1) and np.array_equal(b.data, np.ones(2))
 
 
+def test_adam_counts_steps_per_parameter(backend):
+    """A parameter without a gradient is skipped and its step count stays; when it joins, its bias correction starts
+    at its own first step (the hand-written Adam, given each parameter's own t, is the oracle)."""
+    r = np.random.default_rng(6)
+    w, b = nn.Parameter(r.standard_normal((3, 2))), nn.Parameter(r.standard_normal(2))
+    x, y = Tensor(r.standard_normal((5, 3))), Tensor(r.standard_normal((5, 2)))
+    opt = optim.Adam([w, b], lr=0.02, betas=(0.8, 0.99), eps=1e-7)
+    hand, states, counts = [w.data.copy(), b.data.copy()], [{}, {}], [0, 0]
+    for step in range(7):
+        use_b = step >= 3
+        opt.zero_grad()
+        out = ops.matmul(x, w)
+        ops.mse_loss(out + b if use_b else out, y).backward()
+        grads = [p.grad.copy() if p.grad is not None else None for p in (w, b)]
+        opt.step()
+        for k, g in enumerate(grads):
+            if g is not None:
+                counts[k] += 1
+                hand[k] = _hand_adam(hand[k], g, states[k], counts[k], 0.02, 0.8, 0.99, 1e-7, 0.0)
+        assert opt.steps == counts and opt.t == step + 1
+        for p, h in zip((w, b), hand):
+            np.testing.assert_allclose(p.data, h, rtol=1e-11, atol=1e-13)
+    assert opt.steps == [7, 4]
+    np.testing.assert_array_equal(opt.state_dict()["steps"], np.array([7, 4]))
+
+
+def test_adam_state_dict_keeps_per_parameter_steps_and_reads_old_states():
+    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(3))
+    opt = optim.Adam([a, b])
+    opt.steps, opt.t = [5, 2], 5
+    state = opt.state_dict()
+    opt2 = optim.Adam([nn.Parameter(np.ones(2)), nn.Parameter(np.ones(3))])
+    opt2.load_state_dict(state)
+    assert opt2.steps == [5, 2] and opt2.t == 5
+    old = {k: v for k, v in state.items() if k != "steps"}   # saved before per-parameter counting: one global t
+    opt2.load_state_dict(old)
+    assert opt2.steps == [5, 5]
+    with pytest.raises(ValueError, match=r"steps must hold one count >= 0 per parameter, shape \(2,\), got shape "
+                                         r"\(3,\)"):
+        opt2.load_state_dict(dict(state, steps=np.array([1, 2, 3])))
+    assert opt2.steps == [5, 5]                                # a refused state changes nothing
+
+
 def test_optimizer_argument_checks():
     with pytest.raises(ValueError, match="empty"):
         optim.SGD([], lr=0.1)

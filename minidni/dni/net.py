@@ -24,7 +24,49 @@ from ..optim import Adam
 from ..tensor import Tensor
 from .interface import Interface
 from .schedules import TARGETS, Schedule, dni
-from .synthesizer import Oracle, Synthesizer
+from .synthesizer import ConvSynthesizer, Oracle, Synthesizer
+
+
+# layers that keep the feature / channel count of their input
+_SHAPE_KEEPING = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def output_width(module):
+    """(what, width, layer) of a module's output when its layers say it for sure, else None: walking back from the
+    last layer, shape-keeping layers (activations, pooling) are skipped and the first Linear ("features",
+    out_features), Conv2d ("channels", out_channels) or batch norm decides; any other layer (Flatten, a custom
+    module) means unknown."""
+    layers = list(module) if isinstance(module, nn.Sequential) else [module]
+    for layer in reversed(layers):
+        if isinstance(layer, nn.Sequential):
+            return output_width(layer)
+        if isinstance(layer, nn.Linear):
+            return "features", layer.out_features, layer
+        if isinstance(layer, nn.Conv2d):
+            return "channels", layer.out_channels, layer
+        if isinstance(layer, nn.BatchNorm2d):
+            return "channels", layer.num_features, layer
+        if isinstance(layer, nn.BatchNorm1d):
+            return "features", layer.num_features, layer
+        if not isinstance(layer, _SHAPE_KEEPING):
+            return None
+    return None
+
+
+def check_synthesizer_width(module, synth, i):
+    """Refuse, at construction, a synthesizer M_i whose width differs from module i's output (it would fail only at
+    the first step, deep in a matmul)."""
+    if isinstance(synth, Synthesizer):
+        what, width, make = "features", synth.features, "Synthesizer"
+    elif isinstance(synth, ConvSynthesizer):
+        what, width, make = "channels", synth.channels, "ConvSynthesizer"
+    else:
+        return
+    out = output_width(module)
+    if out is not None and out[0] == what and out[1] != width:
+        raise ValueError(f"DNINet: synthesizer {i} predicts the gradient of {width} {what}, but module {i} outputs "
+                         f"{out[1]} {what} (its last sized layer: {type(out[2]).__name__}({out[2].extra_repr()})). "
+                         f"Build it as {make}({out[1]}, ...).")
 
 
 def adam(lr=1e-3):
@@ -70,6 +112,7 @@ class DNINet:
         self.optimizers = [optimizer(m.parameters()) for m in self.modules]
         self.interfaces = []
         for i, synth in enumerate(synthesizers or []):
+            check_synthesizer_width(self.modules[i], synth, i)
             if isinstance(synth, Oracle):
                 self.interfaces.append(Interface(synth.bind(self, i), None, i))
             else:

@@ -50,6 +50,12 @@ KINDS = {
     "target": ("T", "true gradient dL/dh_i as M_i's target (backprop through every module above)"),
     "train_synth": ("S", "train synthesizer M_i one step on ||M_i(h_i [, y]) - target_i||^2"),
     "train_input": ("I", "train synthetic-input model I_i one step on ||I_i(x) - h_{i-1}||^2"),
+    # truncated BPTT over the windows of an episode (tbptt.py): module 0 is the core, module 1 its synthesizer
+    "forward_window": ("W", "forward the core T steps from the carried (detached) state; the window's losses"),
+    "backward_synthetic": ("G", "backprop the window's losses + scale * M(h_T) injected at its last state"),
+    "backward_truncated": ("X", "backprop the window's losses only: the gradient from beyond the window is dropped"),
+    "train_aux": ("A", "Aux: regress the core's prediction made T steps ago on the synthetic gradient now"),
+    "step_core": ("P", "optimizer step of the core (LSTM, readout, Aux head) on the window's gradients"),
 }
 TARGETS = ("bootstrap", "true")
 
@@ -76,6 +82,18 @@ class Event:
 
     def __str__(self):
         return f"tick {self.tick:>3} | module {self.module} | {self.kind:<16} | batch {self.batch}"
+
+
+def _count(value, name, where, minimum):
+    """An integer >= minimum (a NumPy integer too, never a bool or a float), or a ValueError that says so."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_sizes(n_batches, n_modules, where="schedule"):
+    """A schedule needs at least one batch and one module: refuse 0, negative or fractional sizes."""
+    return _count(n_batches, "n_batches", where, 1), _count(n_modules, "n_modules", where, 1)
 
 
 def key_str(key):
@@ -158,10 +176,12 @@ class Schedule:
 
     def events(self, n_batches, n_modules, target="bootstrap"):
         """Every event of n_batches batches, in the order a sequential runner executes them."""
+        n_batches, n_modules = check_sizes(n_batches, n_modules, f"{self!r}.events")
         return sort_events([e for b in range(n_batches) for e in self.batch_events(b, n_modules, target)])
 
     def first_tick(self, b, n_modules, target="bootstrap"):
         """The tick at which batch b starts; nondecreasing in b (a streaming runner relies on it)."""
+        _count(n_modules, "n_modules", f"{self!r}.first_tick", 1)
         return min(e.tick for e in self.batch_events(b, n_modules, target))
 
     def describe(self, n_batches, n_modules, target="bootstrap", io=False):
@@ -250,9 +270,7 @@ class Delayed(Schedule):
     name = "delayed"
 
     def __init__(self, k=1):
-        if k < 0:
-            raise ValueError(f"delayed: k must be >= 0, got {k}")
-        self.k = int(k)
+        self.k = _count(k, "k (the delay, in batches)", "delayed", 0)
         self.per_batch = self.k == 0
 
     def batch_events(self, b, n_modules, target="bootstrap"):
