@@ -48,6 +48,13 @@ def _rng(rng):
     return np.random.default_rng(rng)
 
 
+def size_arg(value, name, where):
+    """A layer size: a positive integer (a NumPy integer too; never a bool or a float), else a ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive integer (a number of units), got {value!r}")
+    return int(value)
+
+
 class Parameter(Tensor):
     """A learnable tensor: always a leaf, always requires grad."""
 
@@ -187,6 +194,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
+        in_features = size_arg(in_features, "in_features", f"Linear({in_features!r}, {out_features!r})")
+        out_features = size_arg(out_features, "out_features", f"Linear({in_features!r}, {out_features!r})")
         r = _rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
@@ -385,6 +394,19 @@ class MaxPool2d(Module):
         return f"kernel={self.kernel_size}, stride={self.stride if self.stride is not None else self.kernel_size}"
 
 
+class AvgPool2d(Module):
+    """Mean over kernel x kernel windows moved by `stride` (default: the kernel size)."""
+
+    def __init__(self, kernel_size=2, stride=None):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x):
+        return ops.avg_pool2d(x, self.kernel_size, self.stride)
+
+    extra_repr = MaxPool2d.extra_repr
+
+
 class BatchNorm2d(BatchNorm1d):
     """Batch norm per channel of (N, C, H, W): statistics over the N*H*W values of each channel.
 
@@ -408,3 +430,100 @@ class Flatten(Module):
 
     def forward(self, x):
         return ops.reshape(x, (x.shape[0], -1))
+
+
+# ---- recurrent layers (Jaderberg et al. 2016, Sec. 3.2: the LSTM trained by truncated BPTT) ------------------------
+def _lstm_parameters(module, input_size, hidden_size, rng, dtype):
+    """W_x (I, 4H), W_h (H, 4H), b (4H,), gates i, f, g, o. PyTorch's initialisation: every weight U(-k, k) with
+    k = 1/sqrt(H); PyTorch's two biases b_ih + b_hh are one bias here, so b is the sum of two such draws."""
+    where = f"{type(module).__name__}({input_size!r}, {hidden_size!r})"
+    input_size, hidden_size = size_arg(input_size, "input_size", where), size_arg(hidden_size, "hidden_size", where)
+    r = _rng(rng)
+    k = 1.0 / np.sqrt(hidden_size)
+    module.input_size, module.hidden_size = input_size, hidden_size
+    module.W_x = Parameter(r.uniform(-k, k, (input_size, 4 * hidden_size)).astype(dtype))
+    module.W_h = Parameter(r.uniform(-k, k, (hidden_size, 4 * hidden_size)).astype(dtype))
+    module.b = Parameter((r.uniform(-k, k, 4 * hidden_size) + r.uniform(-k, k, 4 * hidden_size)).astype(dtype))
+
+
+def _lstm_state(module, state, batch, dtype):
+    """(h, c) as Tensors; None means zeros (B, H)."""
+    if state is None:
+        zeros = np.zeros((batch, module.hidden_size), dtype=dtype)
+        return Tensor(zeros), Tensor(zeros)
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(f"{type(module).__name__}: state must be a pair (h, c) of (B, H) tensors or None, "
+                        f"got {type(state).__name__}")
+    return tuple(s if isinstance(s, Tensor) else Tensor(s) for s in state)
+
+
+class LSTMCell(Module):
+    """One LSTM step, gates i, f, g, o (the math is in `minidni/ops.py`, section LSTM):
+
+        z = x W_x + h W_h + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g);  c' = f c + i g;  h' = o tanh(c')
+
+    `cell(x (B, I), state=(h, c)) -> (h', c')`, state None meaning zeros. Parameters W_x (I, 4H), W_h (H, 4H), b (4H,).
+    """
+
+    def __init__(self, input_size, hidden_size, rng=None, dtype=np.float32):
+        super().__init__()
+        _lstm_parameters(self, input_size, hidden_size, rng, dtype)
+
+    def forward(self, x, state=None):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        h, c = _lstm_state(self, state, x.shape[0] if x.ndim == 2 else 0, self.W_x.dtype)
+        return ops.lstm_cell(x, h, c, self.W_x, self.W_h, self.b)
+
+    def extra_repr(self):
+        return f"{self.input_size} -> {self.hidden_size}"
+
+
+class LSTM(Module):
+    """An LSTM over a window of T steps: `lstm(x, state=None) -> (outputs, (h_T, c_T))`.
+
+    x is a Tensor (T, B, I) or a list of T Tensors (B, I); `outputs` is the list h_1..h_T (B, H) (its last element is
+    h_T); state (h_0, c_0) is a pair of (B, H) Tensors or None (zeros). Everything returned is differentiable with
+    respect to x, the state and the parameters, so truncated BPTT can carry (h_T, c_T) into the next window (detached)
+    and a gradient can be injected at the final state. The parameters are LSTMCell's, held directly: `lstm.W_x`
+    (I, 4H), `lstm.W_h` (H, 4H), `lstm.b` (4H,).
+
+    per_step=False runs the window as one op (`ops.lstm`: one input GEMM for all steps, one dW GEMM in the backward);
+    per_step=True runs T `ops.lstm_cell` steps, the simple version (the same numbers, to rounding).
+    """
+
+    def __init__(self, input_size, hidden_size, rng=None, dtype=np.float32, per_step=False):
+        super().__init__()
+        _lstm_parameters(self, input_size, hidden_size, rng, dtype)
+        self.per_step = per_step
+
+    def forward(self, x, state=None):
+        if isinstance(x, (list, tuple)):
+            if not x:
+                raise ValueError("LSTM: x is an empty list; a window needs T >= 1 steps")
+            steps = [s if isinstance(s, Tensor) else Tensor(s) for s in x]
+            if any(s.shape != steps[0].shape for s in steps):
+                raise ValueError(f"LSTM: the steps of x must all have one shape (B, I), got "
+                                 f"{sorted({s.shape for s in steps})}")
+            first = steps[0]
+        else:
+            x = x if isinstance(x, Tensor) else Tensor(x)
+            if x.ndim != 3:
+                raise ValueError(f"LSTM: x must be (T, B, I) or a list of T (B, I) tensors, got shape {x.shape}")
+            steps, first = None, x
+        h, c = _lstm_state(self, state, first.shape[-2] if first.ndim >= 2 else 0, self.W_x.dtype)
+        if self.per_step:
+            steps = steps if steps is not None else [x[t] for t in range(x.shape[0])]
+            outputs = []
+            for s in steps:
+                h, c = ops.lstm_cell(s, h, c, self.W_x, self.W_h, self.b)
+                outputs.append(h)
+            return outputs, (h, c)
+        if steps is not None:
+            if any(s.requires_grad for s in steps):
+                x = ops.concat([ops.reshape(s, (1,) + s.shape) for s in steps], axis=0)
+            else:
+                x = Tensor(np.stack([s.data for s in steps]))
+        return ops.lstm(x, h, c, self.W_x, self.W_h, self.b)
+
+    def extra_repr(self):
+        return f"{self.input_size} -> {self.hidden_size}" + (", per_step" if self.per_step else "")

@@ -14,6 +14,8 @@ a synthetic-gradient model.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import kernels
@@ -44,11 +46,21 @@ def _as_tensor(x, like: Tensor, op: str) -> Tensor:
     else:
         t = Tensor(x)
     if t.data.dtype != like.data.dtype:
-        raise TypeError(
-            f"{op}: mixed dtypes {like.data.dtype} and {t.data.dtype}. minidni never converts silently; "
-            f"convert one side first, e.g. x.astype(np.{like.data.dtype})."
-        )
+        raise TypeError(f"{op}: mixed dtypes {like.data.dtype} and {t.data.dtype}. minidni never converts silently; "
+                        + _dtype_advice(like.data.dtype, t.data.dtype))
     return t
+
+
+def _dtype_advice(a, b):
+    """What to convert: an integer side (uint8 pixels, labels) to the float dtype of the other, never a float to an
+    integer; of two floats, the second to the first; of two integers, both to float32."""
+    floats = [d for d in (a, b) if d.kind == "f"]
+    if len(floats) == 1:
+        other = b if floats[0] == a else a
+        return f"convert the {other} operand to {floats[0]} first, e.g. x.astype(np.{floats[0]})."
+    if floats:
+        return f"convert one side first, e.g. the {b} operand with x.astype(np.{a})."
+    return f"convert both sides to a float dtype first, e.g. x.astype(np.float32) (or the {b} side to {a})."
 
 
 def _one(x):
@@ -738,8 +750,9 @@ def batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, trainin
                                training=training, momentum=momentum, eps=eps)
 
 
-# ==== convolution and max pooling, NCHW (Jaderberg et al. 2016, Sec. 3.3 / appendix A: the CNN of 5x5 conv layers
-# with resolution-preserving padding, batch norm, ReLU and max pooling; the conv synthesizers are 5x5 convs too) ====
+# ==== convolution and pooling, NCHW (Jaderberg et al. 2016, Sec. 3.3 / appendix A: the CNN of 5x5 conv layers with
+# resolution-preserving padding, batch norm, ReLU, a max pool after the first layer and average pools after the others;
+# the conv synthesizers are 5x5 convs too) ===========================================================================
 class Conv2d(Function):
     """2-D convolution (a cross-correlation, as in every deep-learning library) of x (N, C, H, W) with W (O, C, KH, KW),
     stride (sh, sw) and zero padding (ph, pw):
@@ -788,6 +801,27 @@ class MaxPool2d(Function):
     def backward(ctx, g):
         argmax, x_shape, kernel, stride = ctx.saved
         return kernels.active.maxpool2d_backward(g, argmax, x_shape, kernel, stride)
+
+
+class AvgPool2d(Function):
+    """Average pooling of x (N, C, H, W) over (kh, kw) windows moved by (sh, sw), no padding (the paper's pool after
+    every conv layer but the first):
+
+        y[n, c, i, j]  = (1 / (kh kw)) sum_{p, q} x[n, c, i sh + p, j sw + q]
+        dx[n, c, h, w] = (1 / (kh kw)) sum of g[n, c, i, j] over the windows (i, j) that contain (h, w)
+
+    Linear in x, so the backward needs only the shapes: every input of a window gets an equal share of its gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel=(2, 2), stride=(2, 2)):
+        ctx.save_for_backward(x.shape, kernel, stride)
+        return kernels.active.avgpool2d_forward(x, kernel, stride)
+
+    @staticmethod
+    def backward(ctx, g):
+        x_shape, kernel, stride = ctx.saved
+        return kernels.active.avgpool2d_backward(g, x_shape, kernel, stride)
 
 
 def _int_pair(op, name, value, minimum):
@@ -862,3 +896,212 @@ def max_pool2d(x, kernel=2, stride=None):
     stride = kernel if stride is None else _int_pair("max_pool2d", "stride", stride, 1)
     _check_window("max_pool2d", x, kernel, (1, 1), (0, 0), "window")
     return MaxPool2d.apply(x, kernel=kernel, stride=stride)
+
+
+def avg_pool2d(x, kernel=2, stride=None):
+    """Mean over (kh, kw) windows of x (N, C, H, W) moved by `stride` (default: the kernel), no padding; output
+    (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). See `AvgPool2d`."""
+    if not isinstance(x, Tensor):
+        x = Tensor(x)
+    _need_float_nchw("avg_pool2d", x)
+    kernel = _int_pair("avg_pool2d", "kernel", kernel, 1)
+    stride = kernel if stride is None else _int_pair("avg_pool2d", "stride", stride, 1)
+    _check_window("avg_pool2d", x, kernel, (1, 1), (0, 0), "window")
+    return AvgPool2d.apply(x, kernel=kernel, stride=stride)
+
+
+# ==== LSTM (Hochreiter & Schmidhuber 1997, with a forget gate; the recurrent core of Jaderberg et al. 2016, Sec. 3.2,
+# whose Copy / Repeat Copy models are 256-unit LSTMs trained by truncated BPTT) ========================================
+# Gate order i, f, g, o (PyTorch's). B batch, I input size, H hidden size, T time steps; W_x (I, 4H), W_h (H, 4H),
+# b (4H,):
+#     z = x_t W_x + h W_h + b                                                   (B, 4H)
+#     i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);  g = tanh(z_g)         (B, H) each
+#     c' = f c + i g;   h' = o tanh(c')
+# An LSTM step has two results, h' and c'. A Function returns one array, so the LSTM ops return them *packed* (stacked
+# on axis 0) and `Unpack` nodes hand out the slices; their gradients are assembled in one buffer (see `Unpack`).
+# Two variants, the same math (their numbers agree to rounding):
+#   1. `LSTMCell`: one step, one node: two BLAS products, then the fused gate kernel; backward the fused gate
+#      backward kernel and the four products dx, dh, dW_x, dW_h.
+#   2. `LSTMSequence`: a whole window of T steps in one node: the input products of all T steps as ONE GEMM
+#      (T B, I) x (I, 4H) before the loop, only h W_h inside it; backward runs the steps in reverse for dz_t and
+#      dh_{t-1} = dz_t W_h^T, then takes dW_x, dW_h, db and dx for all steps at once, e.g.
+#      dW_h = sum_t h_{t-1}^T dz_t = H_prev^T dZ, one (H, T B) x (T B, 4H) GEMM instead of T small ones.
+
+_scratch = threading.local()   # per thread, so the DNI runner's worker threads never share one
+
+
+def _scratch_array(name, shape, dtype):
+    """A reused array for a temporary that dies inside one forward or backward call (never saved, never returned):
+    allocating the window's (T, B, 4H) temporaries afresh every call cost ~1000 page faults per training step."""
+    a = getattr(_scratch, name, None)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = np.empty(shape, dtype=dtype)
+        setattr(_scratch, name, a)
+    return a
+
+
+class _PackedGrad:
+    """The gradient of a packed result, written slice by slice by the `Unpack` nodes that read it (one per backward)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self):
+        self.array = None
+
+
+class Unpack(Function):
+    """y = packed[k]: one result of an op that returns several stacked on axis 0;   dpacked[k] = g
+
+    Backward writes g into one buffer shared by all Unpacks of the same packed array: the first to run creates it
+    (zeros) and returns it as dpacked; the others only fill their slice and return None. The backward pass reaches the
+    producing op after every consumer of its output, so by then the buffer is complete, and the producer releases it.
+    (A plain `getitem` per slice would build a zero array of the full packed shape for every slice and add them up:
+    O(T^2) memory traffic for a window of T steps.)
+    """
+
+    @staticmethod
+    def forward(ctx, packed, k, slot):
+        ctx.save_for_backward(packed.shape, k, slot)
+        return packed[k]
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, k, slot = ctx.saved
+        first = slot.array is None
+        if first:
+            slot.array = np.zeros(shape, dtype=g.dtype)
+        slot.array[k] += g
+        return slot.array if first else None
+
+
+def _unpack(packed, slot, n):
+    return [Unpack.apply(packed, k=k, slot=slot) for k in range(n)]
+
+
+class LSTMCell(Function):
+    """One LSTM step (variant 1), packed result (2, B, H) = [h', c'] (the math is in the section comment above):
+
+    forward:   zx = x W_x,  zh = h W_h  (BLAS);  h', c', gates = lstm_gates_forward(zx, zh, b, c)  (one fused kernel)
+    backward:  dz, dc = lstm_gates_backward(gates, c, c', dh', dc')  (one fused kernel), then
+               dx = dz W_x^T,  dh = dz W_h^T,  dW_x = x^T dz,  dW_h = h^T dz,  db = sum_n dz
+    """
+
+    @staticmethod
+    def forward(ctx, x, h, c, W_x, W_h, b, slot):
+        B, H = c.shape
+        packed = np.empty((2, B, H), dtype=c.dtype)
+        gates = np.empty((B, 4 * H), dtype=c.dtype)
+        kernels.active.lstm_gates_forward(np.matmul(x, W_x), np.matmul(h, W_h), b, c, out=(packed[0], packed[1], gates))
+        ctx.save_for_backward(x, h, c, W_x, W_h, gates, packed[1], slot)
+        return packed
+
+    @staticmethod
+    def backward(ctx, g):
+        x, h, c, W_x, W_h, gates, c_new, slot = ctx.saved
+        slot.array = None  # g is that buffer: this backward consumes it
+        need = ctx.needs_input_grad
+        dz, dc = kernels.active.lstm_gates_backward(gates, c, c_new, g[0], g[1])
+        dx = np.matmul(dz, W_x.T) if need[0] else None
+        dh = np.matmul(dz, W_h.T) if need[1] else None
+        dW_x = np.matmul(x.T, dz) if need[3] else None
+        dW_h = np.matmul(h.T, dz) if need[4] else None
+        db = kernels.active.sum_rows(dz) if need[5] else None
+        return dx, dh, (dc if need[2] else None), dW_x, dW_h, db
+
+
+class LSTMSequence(Function):
+    """T LSTM steps in one node (variant 2), packed result (T + 1, B, H) = [h_1, ..., h_T, c_T]:
+
+    forward:   Zx = X W_x for all steps at once ((T B, I) x (I, 4H), one GEMM);  for t = 1..T:
+               zh = h_{t-1} W_h (into one reused buffer);  h_t, c_t, gates_t = lstm_gates_forward(Zx_t, zh, b, c_{t-1})
+    backward:  from the gradients dh_t of every output and dc_T of the last cell, for t = T..1:
+               dz_t, dc_{t-1} = lstm_gates_backward(gates_t, c_{t-1}, c_t, dh_t + dz_{t+1} W_h^T, dc_t)
+               then for the whole window:  dX = dZ W_x^T,  dW_x = X^T dZ,  dW_h = H_prev^T dZ,  db = sum dZ,
+               dh_0 = dz_1 W_h^T,  dc_0  (dZ (T B, 4H) stacks the dz_t; H_prev (T B, H) stacks h_0..h_{T-1})
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, W_x, W_h, b, slot):
+        T, B, I = x.shape
+        H = h0.shape[1]
+        # one array holds h_0, h_1..h_T and a copy of c_T: its rows 1..T+1 are the packed result, rows 0..T-1 H_prev
+        hs = np.empty((T + 2, B, H), dtype=h0.dtype)
+        cs = np.empty((T + 1, B, H), dtype=h0.dtype)
+        hs[0], cs[0] = h0, c0
+        zx = _scratch_array("lstm_zx", (T, B, 4 * H), h0.dtype)
+        np.matmul(x.reshape(T * B, I), W_x, out=zx.reshape(T * B, 4 * H))
+        gates = np.empty_like(zx)  # not written over zx: the kernels vectorise only when outputs overlap no input
+        zh = _scratch_array("lstm_zh", (B, 4 * H), h0.dtype)
+        for t in range(T):
+            np.matmul(hs[t], W_h, out=zh)
+            kernels.active.lstm_gates_forward(zx[t], zh, b, cs[t], out=(hs[t + 1], cs[t + 1], gates[t]))
+        hs[T + 1] = cs[T]
+        ctx.save_for_backward(x, W_x, W_h, hs, cs, gates, slot)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W_x, W_h, hs, cs, gates, slot = ctx.saved
+        slot.array = None  # g is that buffer, ours to overwrite
+        need = ctx.needs_input_grad
+        T, B, I = x.shape
+        H = hs.shape[2]
+        dZ = _scratch_array("lstm_dZ", (T, B, 4 * H), g.dtype)
+        dc = g[T].copy()  # dL/dc_T, then dL/dc_{t-1} as the loop walks back
+        dh_back = np.empty((B, H), dtype=g.dtype)  # dz_{t+1} W_h^T: the gradient reaching h_t through step t+1
+        for t in reversed(range(T)):
+            dh = g[t]
+            if t < T - 1:
+                dh += dh_back
+            kernels.active.lstm_gates_backward(gates[t], cs[t], cs[t + 1], dh, dc, out=(dZ[t], dc))   # dc in place
+            if t > 0 or need[1]:
+                np.matmul(dZ[t], W_h.T, out=dh_back)
+        dZ = dZ.reshape(T * B, 4 * H)
+        dx = np.matmul(dZ, W_x.T).reshape(T, B, I) if need[0] else None
+        dW_x = np.matmul(x.reshape(T * B, I).T, dZ) if need[3] else None
+        dW_h = np.matmul(hs[:T].reshape(T * B, H).T, dZ) if need[4] else None
+        db = kernels.active.sum_rows(dZ) if need[5] else None
+        return dx, (dh_back if need[1] else None), (dc if need[2] else None), dW_x, dW_h, db
+
+
+def _check_lstm(op, x, h, c, W_x, W_h, b, x_dims):
+    """The checked tensors of an LSTM op; x is (B, I) for a step (x_dims 2) or (T, B, I) for a window (x_dims 3)."""
+    x = _one(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
+    names = ("h", "c", "W_x", "W_h", "b")
+    h, c, W_x, W_h, b = (_as_tensor(t, x, f"{op} ({n} vs x)") for n, t in zip(names, (h, c, W_x, W_h, b)))
+    layout = "(B, I)" if x_dims == 2 else "(T, B, I)"
+    if x.ndim != x_dims:
+        raise ValueError(f"{op}: x must be {x_dims}-D {layout}, got shape {x.shape}")
+    _need_2d(op, "W_h", W_h, 2)
+    H = W_h.shape[0]
+    B, I = x.shape[-2:]
+    expected = {"W_x": (I, 4 * H), "W_h": (H, 4 * H), "b": (4 * H,), "h": (B, H), "c": (B, H)}
+    for name, t in zip(names, (h, c, W_x, W_h, b)):
+        if t.shape != expected[name]:
+            raise ValueError(f"{op}: {name} must have shape {expected[name]} for x {x.shape} {layout} and hidden size "
+                             f"H = {H} (from W_h, (H, 4H), gates i, f, g, o), got {t.shape}")
+    return x, h, c, W_x, W_h, b
+
+
+def lstm_cell(x, h, c, W_x, W_h, b):
+    """One LSTM step: x (B, I), state h, c (B, H), W_x (I, 4H), W_h (H, 4H), b (4H,) -> (h', c'), both
+    differentiable with respect to every input (see `LSTMCell` and the section comment for the math)."""
+    x, h, c, W_x, W_h, b = _check_lstm("lstm_cell", x, h, c, W_x, W_h, b, 2)
+    slot = _PackedGrad()
+    h_new, c_new = _unpack(LSTMCell.apply(x, h, c, W_x, W_h, b, slot=slot), slot, 2)
+    return h_new, c_new
+
+
+def lstm(x, h0, c0, W_x, W_h, b):
+    """T LSTM steps in one op: x (T, B, I), initial state h0, c0 (B, H) -> (outputs, (h_T, c_T)), `outputs` the list
+    of h_1..h_T (B, H) (its last element is h_T itself). Every result is differentiable with respect to every input,
+    so a gradient can enter at any h_t and at the final state. Same numbers as T `lstm_cell` steps (`LSTMSequence`)."""
+    x, h0, c0, W_x, W_h, b = _check_lstm("lstm", x, h0, c0, W_x, W_h, b, 3)
+    T = x.shape[0]
+    if T == 0:
+        raise ValueError(f"lstm: x has no time steps (shape {x.shape}); a window needs T >= 1")
+    slot = _PackedGrad()
+    results = _unpack(LSTMSequence.apply(x, h0, c0, W_x, W_h, b, slot=slot), slot, T + 1)
+    return results[:T], (results[T - 1], results[T])

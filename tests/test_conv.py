@@ -4,8 +4,9 @@ These are the pieces of Jaderberg et al. 2016's CNN (Sec. 3.3 / appendix A: 5x5 
 padding, batch norm, ReLU, max pooling) and of its conv synthesizers. What is checked:
 
   * full central-difference Jacobians (float64, every element) on both backends, and <u, J v> = <J^T u, v>;
-  * Numba versions 1 (direct loop) and 2 (im2col + BLAS) against the NumPy reference on random shapes, strides,
-    paddings and memory layouts;
+  * Numba versions 1 (direct loop), 2 (im2col + BLAS) and 3 (bands over worker threads) against the NumPy reference
+    on random shapes, strides, paddings and memory layouts; version 3 the same for any band size and worker count;
+  * average pooling: gradient checks, the kernels against the reference, overlapping windows sharing gradients;
   * max pooling with inputs kept away from ties (finite differences need a unique max), and the tie rule itself;
   * error messages that name the op and the shapes;
   * a tiny CNN that overfits 16 random images; and, when PyTorch is installed, values and gradients against it.
@@ -77,6 +78,27 @@ def test_max_pool2d_jvp_vjp(backend, rng, kernel, stride):
     jvp_vjp_check(lambda x: ops.max_pool2d(x, kernel, stride), [x], rng)
 
 
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), (2, 1), ((2, 3), (1, 2))])
+def test_avg_pool2d_gradcheck(backend, rng, kernel, stride):
+    gradcheck(lambda x: ops.avg_pool2d(x, kernel, stride), [rng.standard_normal((2, 2, 5, 5))])
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (2, 1)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_avg_pool2d_jvp_vjp(backend, rng, kernel, stride, layout):
+    x = with_layout(rng.standard_normal((2, 3, 6, 7)), layout)
+    jvp_vjp_check(lambda x: ops.avg_pool2d(x, kernel, stride), [x], rng)
+
+
+def test_avg_pool2d_overlapping_windows_share_the_gradient(backend):
+    x = md.Tensor(np.zeros((1, 1, 5, 5)), requires_grad=True)
+    y = ops.avg_pool2d(x, 3, stride=2)  # windows at rows/columns 0-2 and 2-4 share row and column 2
+    assert y.shape == (1, 1, 2, 2)
+    y.sum().backward()
+    share = np.array([1, 1, 2, 1, 1]) / 9  # how many windows cover each row (or column), times 1/9
+    np.testing.assert_allclose(x.grad[0, 0], np.outer(share, share) * 9, rtol=1e-12)
+
+
 def test_max_pool2d_ties_go_to_the_first_max(backend):
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 1] = x[0, 0, 1, 0] = 1.0  # window (0, 0) holds two equal maxima: (1, 0) comes first in row-major order
@@ -131,7 +153,7 @@ def _close(actual, expected, dtype, what):
                                err_msg=what)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("seed", range(8))
 def test_conv2d_versions_match_reference(version, dtype, seed):
@@ -172,8 +194,92 @@ def test_max_pool2d_kernels_match_reference(dtype, seed):
     _close(cpu.maxpool2d_backward(g, idx, x.shape, kernel, stride), dx, dtype, "maxpool backward")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("seed", range(6))
+def test_avg_pool2d_kernels_match_reference(dtype, seed):
+    r = np.random.default_rng(100 + seed)
+    kernel = tuple(int(k) for k in r.integers(1, 4, size=2))
+    stride = tuple(int(s) for s in r.integers(1, 4, size=2))
+    shape = (int(r.integers(1, 4)), int(r.integers(1, 4)), kernel[0] + int(r.integers(0, 5)),
+             kernel[1] + int(r.integers(0, 5)))
+    x = with_layout(r.standard_normal(shape).astype(dtype), LAYOUTS[seed % len(LAYOUTS)])
+    y = reference.avgpool2d_forward(x, kernel, stride)
+    _close(cpu.avgpool2d_forward(x, kernel, stride), y, dtype, "avgpool forward")
+    g = with_layout(r.standard_normal(y.shape).astype(dtype), LAYOUTS[(seed + 1) % len(LAYOUTS)])
+    _close(cpu.avgpool2d_backward(g, x.shape, kernel, stride), reference.avgpool2d_backward(g, x.shape, kernel, stride),
+           dtype, "avgpool backward")
+
+
+def _blas_threads(n):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), (O, KH, KW), stride, padding: the paper's 5x5 same layer; a rectangular, strided one
+    ((5, 3, 11, 9), (4, 5, 5), (1, 1), (2, 2)),
+    ((4, 2, 9, 10), (3, 3, 2), (2, 1), (1, 0)),
+])
+def test_conv2d_v3_bands_and_workers(monkeypatch, case):
+    """Version 3 with bands of one output row and with whole images, on one and on two workers: the reference's
+    numbers, and for a given band size the same bits on any number of workers for y and dx (each output has one
+    writer and every GEMM runs on one BLAS thread; dW is summed per worker, so it is only close)."""
+    xs, (o, kh, kw), stride, padding = case
+    r = np.random.default_rng(7)
+    x = with_layout(r.standard_normal(xs).astype(np.float32), "strided")
+    W = r.standard_normal((o, xs[1], kh, kw)).astype(np.float32)
+    b = r.standard_normal(o).astype(np.float32)
+    y_ref = reference.conv2d_forward(x, W, b, stride, padding)
+    g = r.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dW_ref, db_ref = reference.conv2d_backward(x, W, g, stride, padding, True, True, True)
+    monkeypatch.setattr(cpu, "SPLIT_MIN_FLOPS", 0)  # split even these tiny products
+    results = []
+    for band_bytes in (1, 1 << 30):  # 1 byte: one output row per band
+        monkeypatch.setattr(cpu, "CONV_BAND_BYTES", band_bytes)
+        for threads in (1, 2):
+            with _blas_threads(threads):
+                y = cpu.CONV2D_FORWARD_VERSIONS[3](x, W, b, stride, padding)
+                dx, dW, db = cpu.CONV2D_BACKWARD_VERSIONS[3](x, W, g, stride, padding, True, True, True)
+            for what, a, e in (("y", y, y_ref), ("dx", dx, dx_ref), ("dW", dW, dW_ref), ("db", db, db_ref)):
+                _close(a, e, np.float32, f"v3 {what}, band bytes {band_bytes}, {threads} threads")
+            results.append((y, dx))
+        (y1, dx1), (y2, dx2) = results[-2:]  # one worker, two workers
+        np.testing.assert_array_equal(y2, y1)
+        np.testing.assert_array_equal(dx2, dx1)
+
+
+def test_conv2d_v3_restores_blas_threads(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(cpu, "SPLIT_MIN_FLOPS", 0)
+    x, W = np.ones((4, 2, 6, 6), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    with _blas_threads(2):
+        cpu.conv2d_backward(x, W, cpu.conv2d_forward(x, W, None, (1, 1), (1, 1)), (1, 1), (1, 1), True, True, False)
+        counts = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    assert counts == {2}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pool_kernels_split_over_workers(monkeypatch, threads):
+    monkeypatch.setattr(cpu, "SPLIT_MIN_ELEMENTS", 0)
+    r = np.random.default_rng(3)
+    x = with_layout(r.standard_normal((5, 3, 9, 9)).astype(np.float32), "transposed")
+    with _blas_threads(threads):
+        y, idx = cpu.maxpool2d_forward(x, (3, 3), (2, 2))
+        ya = cpu.avgpool2d_forward(x, (3, 3), (2, 2))
+        g = r.standard_normal(y.shape).astype(np.float32)
+        dx, dxa = cpu.maxpool2d_backward(g, idx, x.shape, (3, 3), (2, 2)), cpu.avgpool2d_backward(g, x.shape, (3, 3),
+                                                                                                  (2, 2))
+    y_ref, idx_ref = reference.maxpool2d_forward(x, (3, 3), (2, 2))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    _close(dx, reference.maxpool2d_backward(g, idx_ref, x.shape, (3, 3), (2, 2)), np.float32, "maxpool dx")
+    _close(ya, reference.avgpool2d_forward(x, (3, 3), (2, 2)), np.float32, "avgpool y")
+    _close(dxa, reference.avgpool2d_backward(g, x.shape, (3, 3), (2, 2)), np.float32, "avgpool dx")
+
+
 def test_new_kernels_have_the_same_signatures():
-    for name in ("conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward"):
+    for name in ("conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
+                 "avgpool2d_backward"):
         assert inspect.signature(getattr(cpu, name)) == inspect.signature(getattr(reference, name)), name
     for versions, public in ((cpu.CONV2D_FORWARD_VERSIONS, cpu.conv2d_forward),
                              (cpu.CONV2D_BACKWARD_VERSIONS, cpu.conv2d_backward)):
@@ -189,6 +295,8 @@ def test_output_shapes():
     assert ops.conv2d(x, np.zeros((4, 3, 3, 1), np.float32), stride=(2, 1), padding=(1, 0)).shape == (2, 4, 4, 7)
     assert ops.max_pool2d(x, 2).shape == (2, 3, 3, 3)
     assert ops.max_pool2d(x, 3, stride=2).shape == (2, 3, 3, 3)
+    assert ops.avg_pool2d(x, 3, stride=2).shape == (2, 3, 3, 3)
+    assert ops.avg_pool2d(x, (2, 3)).shape == (2, 3, 3, 2)
 
 
 @pytest.mark.parametrize("call,error,match", [
@@ -207,6 +315,8 @@ def test_output_shapes():
     (lambda x: ops.max_pool2d(x, 6), ValueError, r"max_pool2d: the 6x6 window is larger than the 5x6 input"),
     (lambda x: ops.max_pool2d(x, (2, 2, 2)), ValueError, r"max_pool2d: kernel must be an int >= 1 or a pair"),
     (lambda x: ops.max_pool2d(x[0], 2), ValueError, r"max_pool2d: x must be 4-D"),
+    (lambda x: ops.avg_pool2d(x, 6), ValueError, r"avg_pool2d: the 6x6 window is larger than the 5x6 input"),
+    (lambda x: ops.avg_pool2d(x, 2, stride=0), ValueError, r"avg_pool2d: stride must be an int >= 1"),
 ])
 def test_errors_name_the_op_and_shapes(call, error, match):
     x = md.Tensor(np.zeros((2, 3, 5, 6)))
@@ -305,6 +415,21 @@ def test_max_pool2d_matches_torch(backend, rng, kernel, stride):
     _, idx = md.kernels.active.maxpool2d_forward(x, pair(kernel), pair(stride if stride is not None else kernel))
     np.testing.assert_array_equal(idx, tidx.numpy())  # the same max chosen: PyTorch's indices are ours
     np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), (2, 1), ((2, 3), (1, 2))])
+def test_avg_pool2d_matches_torch(backend, rng, kernel, stride):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 7, 6))
+    t = md.Tensor(x, requires_grad=True)
+    y = ops.avg_pool2d(t, kernel, stride)
+    g = rng.standard_normal(y.shape)
+    y.backward(g)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.avg_pool2d(tx, kernel, stride)
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_batchnorm2d_matches_torch(rng):

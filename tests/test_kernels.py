@@ -265,6 +265,31 @@ def _maxpool2d_backward(draw, r, dtype):
     return draw_array(draw, r, argmax.shape, dtype), argmax, shape, kernel, stride
 
 
+def _avgpool2d_forward(draw, r, dtype):
+    shape, kernel, stride = _pool_geometry(draw)
+    return draw_array(draw, r, shape, dtype, broadcast=False), kernel, stride
+
+
+def _avgpool2d_backward(draw, r, dtype):
+    shape, kernel, stride = _pool_geometry(draw)
+    out = (shape[0], shape[1], (shape[2] - kernel[0]) // stride[0] + 1, (shape[3] - kernel[1]) // stride[1] + 1)
+    return draw_array(draw, r, out, dtype), shape, kernel, stride
+
+
+def _lstm_gates_forward(draw, r, dtype):
+    n, h = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    return (draw_array(draw, r, (n, 4 * h), dtype), draw_array(draw, r, (n, 4 * h), dtype),
+            draw_array(draw, r, (4 * h,), dtype, broadcast=False), draw_array(draw, r, (n, h), dtype))
+
+
+def _lstm_gates_backward(draw, r, dtype):
+    zx, zh, b, c = _lstm_gates_forward(draw, r, dtype)
+    _, c_new, gates = reference.lstm_gates_forward(zx, zh, b, c)   # gates in their ranges: (0, 1) and (-1, 1)
+    n, h = c.shape
+    return (with_layout(gates, draw(st.sampled_from(LAYOUTS))), c, c_new, draw_array(draw, r, (n, h), dtype),
+            draw_array(draw, r, (n, h), dtype))
+
+
 CASES = {
     "relu_forward": _unary(), "relu_backward": _unary_backward("relu_forward"),
     "tanh_forward": _unary(), "tanh_backward": _unary_backward("tanh_forward"),
@@ -280,6 +305,8 @@ CASES = {
     "adam_step_": _adam_step_, "sgd_step_": _sgd_step_,
     "conv2d_forward": _conv2d_forward, "conv2d_backward": _conv2d_backward,
     "maxpool2d_forward": _maxpool2d_forward, "maxpool2d_backward": _maxpool2d_backward,
+    "avgpool2d_forward": _avgpool2d_forward, "avgpool2d_backward": _avgpool2d_backward,
+    "lstm_gates_forward": _lstm_gates_forward, "lstm_gates_backward": _lstm_gates_backward,
 }
 
 
@@ -395,6 +422,46 @@ def test_fused_relu_kernels_propagate_nan_like_the_reference():
     for got, want in zip(cpu.batchnorm_train_forward(xb, one, zero, eps),
                          reference.batchnorm_train_forward(xb, one, zero, eps)):
         np.testing.assert_allclose(got, want, rtol=1e-12)   # the NaN column's mean, variance, outputs stay NaN
+
+
+BATCH_STATS = {
+    "numba v1": lambda x, g, b, eps: cpu.batchnorm_train_forward(x, g, b, eps, _version=1),
+    "numba v2": lambda x, g, b, eps: cpu.batchnorm_train_forward(x, g, b, eps, _version=2),
+    "numba fused relu": lambda x, g, b, eps: cpu.batchnorm_relu_train_forward(x, g, b, eps),
+    "numpy": lambda x, g, b, eps: reference.batchnorm_train_forward(x, g, b, eps),
+}
+
+
+@pytest.mark.parametrize("kernel", list(BATCH_STATS))
+@pytest.mark.parametrize("mean,std", [(1e4, 1.0), (-3e4, 0.5), (1e3, 1e-2)])
+def test_batch_norm_statistics_stay_exact_far_from_zero(kernel, mean, std):
+    """float64, |mean| / std up to 1e5: the one-pass statistics must not cancel (E[x^2] - E[x]^2 lost 8 digits at
+    mean 1e4, std 1). The oracle is the two-pass formula in extended precision (np.longdouble)."""
+    r = np.random.default_rng(7)
+    x = mean + std * r.standard_normal((256, 16))
+    one, zero, eps = np.ones(16), np.zeros(16), np.float64(1e-5)
+    out = BATCH_STATS[kernel](x, one, zero, eps)
+    y, mu, var, invstd = (out[0], *out[-3:])
+    xl = x.astype(np.longdouble)
+    exact_mu = xl.mean(axis=0)
+    exact_var = ((xl - exact_mu) ** 2).mean(axis=0)
+    exact_invstd = 1 / np.sqrt(exact_var + eps)
+    exact_y = (xl - exact_mu) * exact_invstd
+    if kernel == "numba fused relu":
+        exact_y = np.maximum(exact_y, 0)
+    np.testing.assert_allclose(mu, exact_mu.astype(np.float64), rtol=1e-14)
+    np.testing.assert_allclose(var, exact_var.astype(np.float64), rtol=1e-13)
+    np.testing.assert_allclose(invstd, exact_invstd.astype(np.float64), rtol=1e-13)
+    np.testing.assert_allclose(y, exact_y.astype(np.float64), rtol=0, atol=1e-13 * abs(mean) / std)
+
+
+def test_batch_norm_statistics_nan_in_a_later_row_stays_nan():
+    x = np.array([[1.0, 1.0], [2.0, np.nan], [4.0, 0.5]])   # NaN away from row 0 (the shift of the one-pass sums)
+    one, zero, eps = np.ones(2), np.zeros(2), np.float64(1e-5)
+    for kernel in ("numba v2", "numba fused relu"):
+        got, want = BATCH_STATS[kernel](x, one, zero, eps), BATCH_STATS["numpy"](x, one, zero, eps)
+        for a, b in zip(got[-3:], want[-3:]):
+            np.testing.assert_allclose(a, b, rtol=1e-12)      # column 1: NaN mean, variance, invstd in both
 
 
 # ---- the ops on both backends, with broadcast and non-contiguous operands --------------------------------------------

@@ -335,22 +335,27 @@ def _batchnorm_train_forward_1(x, gamma, beta, eps, y, xhat, mu, var, invstd):
 
 @jit
 def _batch_stats_one_pass(x, eps, mu, var, invstd):
-    # mu[j] = mean_n x[n, j]; var[j] = mean_n x[n, j]^2 - mu[j]^2; invstd[j] = 1 / sqrt(var[j] + eps), in ONE pass:
-    # sum x and sum x^2 accumulate together in float64, so E[x^2] - E[x]^2 does not suffer the cancellation it
-    # would in float32.
+    # mu[j] = mean_n x[n, j]; var[j] = mean_n (x[n, j] - mu[j])^2; invstd[j] = 1 / sqrt(var[j] + eps), in ONE pass
+    # over x, on data shifted by a sample of each column (K[j] = x[0, j]), with d = x - K:
+    #     mu = K + mean_n d,    var = mean_n d^2 - (mean_n d)^2
+    # Unshifted (K = 0), E[x^2] - E[x]^2 cancels when |mu| >> std: float64 with mu = 1e4, std = 1 lost 8 digits
+    # (error 2e-8). Shifted, d is of the order of std and the subtraction loses next to nothing. The sums are
+    # float64 (float32 input is converted exactly); the shift costs one subtraction per element.
     n, c = x.shape
-    s, ss = np.zeros(c), np.zeros(c)
+    shift, s, ss = np.empty(c), np.zeros(c), np.zeros(c)
+    for j in range(c):
+        shift[j] = x[0, j]
     for i in range(n):
         for j in range(c):
-            v = np.float64(x[i, j])
-            s[j] += v
-            ss[j] += v * v
+            d = np.float64(x[i, j]) - shift[j]
+            s[j] += d
+            ss[j] += d * d
     for j in range(c):
         m = s[j] / n
         v = ss[j] / n - m * m
         if v < 0.0:  # rounding can make it slightly negative; written so that a NaN stays NaN, as in the reference
             v = 0.0
-        mu[j] = m
+        mu[j] = shift[j] + m
         var[j] = v
         invstd[j] = 1.0 / np.sqrt(v + eps)
 
@@ -535,9 +540,11 @@ def sgd_step_(p, g, buf, lr, momentum, weight_decay, nesterov):
 
 # ---- 2-D convolution, NCHW (Jaderberg et al. 2016, Sec. 3.3: the CNN and its conv synthesizers) ---------------------
 # Same arguments as the reference: x (N, C, H, W), W (O, C, KH, KW), b (O,) or None, stride = (sh, sw),
-# padding = (ph, pw). Two versions, both tested against the reference (tests/test_conv.py):
+# padding = (ph, pw). Three versions, each tested against the reference (tests/test_conv.py):
 #   version 1  the definition as a direct 7-deep loop: no extra memory, but no BLAS -- ~1-2 GFLOP/s.
-#   version 2  im2col per image into one reused buffer + one BLAS GEMM per image, col2im for dx (the default).
+#   version 2  im2col per image into one reused buffer + one BLAS GEMM per image, col2im for dx.
+#   version 3  version 2 on one worker thread per core with a vectorised im2col; dx at stride 1 as a forward conv
+#              of g with the flipped filters (the default; benchmarks/bench_conv.py).
 def _out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
@@ -731,16 +738,180 @@ def _conv2d_backward_2(x, W, g, stride, padding, need_x, need_W, need_b):
     return dx, dW, db
 
 
-CONV2D_FORWARD_VERSIONS = {1: _conv2d_forward_1, 2: _conv2d_forward_2}
-CONV2D_BACKWARD_VERSIONS = {1: _conv2d_backward_1, 2: _conv2d_backward_2}
+# Version 3: version 2 with the images spread over one worker thread per BLAS thread, each worker running BLAS
+# single-threaded, a vectorised im2col, and dx at stride 1 as a forward convolution (of g with the flipped, transposed
+# filters) instead of col2im's read-modify-write. Why (measured, docs/engine-speed.md): in version 2 the im2col /
+# col2im copies run on one core while the other waits, and im2col's computed 2-D indices kept numba from vectorising.
+# An image whose im2col block exceeds CONV_BAND_BYTES is cut into bands of output rows; bands that fit the 512 KiB L2
+# measured slower than whole images (the GEMMs get thin: 28 columns per row), so the limit is a share of the L3.
+CONV_BAND_BYTES = 8 << 20     # im2col block per band: an 8 MiB share of this machine's 32 MiB L3
+# Below these sizes a call runs in the calling thread: waking a worker costs ~0.1 ms on a quiet machine (more on a
+# busy one), the time of a 10 MFLOP product or of one pass over 1 MB.
+SPLIT_MIN_FLOPS = 20_000_000
+SPLIT_MIN_ELEMENTS = 1 << 18
+_blas = None                  # threadpoolctl's handles on the loaded BLAS libraries, found once
+_pool = None                  # worker threads, created on first use
+
+
+def _blas_libraries():
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # no thread control: version 3 runs in the calling thread
+            _blas = []
+        else:
+            _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+def _run_split(work, n_items, worth_it=True, uses_blas=True):
+    """Call work(lo, hi, part) for the k contiguous parts [lo, hi) of range(n_items), one worker per BLAS thread,
+    with BLAS set to one thread meanwhile (k BLAS threads before = k single-threaded workers, so the cores are shared
+    the same way and a caller that limited BLAS to one thread -- the concurrent DNI runner -- stays on one core).
+    Returns the k results in part order. Part 0 runs in the calling thread; all of it when not `worth_it`."""
+    global _pool
+    libs = _blas_libraries()
+    k = min(n_items, min((lib.get_num_threads() for lib in libs), default=1)) if worth_it else 1
+    if k <= 1:
+        return [work(0, n_items, 0)]
+    if _pool is None or _pool._max_workers < k - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="minidni-kernels")
+    cuts = [n_items * i // k for i in range(k + 1)]
+    before = [lib.get_num_threads() for lib in libs] if uses_blas else []
+    for lib in libs[:len(before)]:
+        lib.set_num_threads(1)
+    try:
+        futures = [_pool.submit(work, cuts[i], cuts[i + 1], i) for i in range(1, k)]
+        results = [work(cuts[0], cuts[1], 0)]
+        return results + [f.result() for f in futures]
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+
+
+@jit
+def _im2col_band(xp, kh, kw, sh, sw, i0, i1, ow, cols):
+    # output rows i0 <= i < i1 of one padded image xp (C, Hp, Wp) -> cols (C*KH*KW, (i1 - i0)*OW), _im2col's layout:
+    # for c, p, q, i, j:  cols[(c*KH + p)*KW + q, (i - i0)*OW + j] = xp[c, i*sh + p, j*sw + q]
+    # * the innermost loop copies between two 1-D views indexed by the loop counter alone: numba then knows every
+    #   index is >= 0 (no negative-index wraparound test per element) and LLVM vectorises the copy -- 4x faster than
+    #   _im2col's computed 2-D indices, measured at the paper's 64-channel layer (docs/engine-speed.md).
+    c_ = xp.shape[0]
+    for c in range(c_):
+        for p in range(kh):
+            for q in range(kw):
+                row = cols[(c * kh + p) * kw + q]
+                for i in range(i0, i1):
+                    dst = row[(i - i0) * ow:(i - i0 + 1) * ow]
+                    if sw == 1:
+                        src = xp[c, i * sh + p, q:q + ow]
+                        for j in range(ow):
+                            dst[j] = src[j]
+                    else:
+                        src2 = xp[c, i * sh + p, q:q + sw * (ow - 1) + 1:sw]
+                        for j in range(ow):
+                            dst[j] = src2[j]
+
+
+def _bands(ckk, oh, ow, itemsize):
+    """Output rows per band: as many as keep the band's im2col block (C*KH*KW, rows*OW) within CONV_BAND_BYTES."""
+    return max(1, min(oh, CONV_BAND_BYTES // (ckk * ow * itemsize)))
+
+
+def _conv2d_forward_3(x, W, b, stride, padding):
+    """Version 3: for each image n and band of output rows [i0, i1),
+    y[n][:, i0*OW:i1*OW] (O, band) = W (O, C*KH*KW) @ im2col_band(x[n]) (C*KH*KW, band)  + b.
+
+    * one band is usually the whole image (a 5 MB block at 64 channels on 28x28, read back from L3);
+    * the images are split between the workers (`_run_split`); each has its own block, and writes its own images of y
+      (BLAS writes straight into the strided band of y[n]), so the result does not depend on the number of workers.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ckk = c * kh * kw
+    xp = _pad_nchw(x, ph, pw)
+    Wm = _c2(W).reshape(o, ckk)
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    rows = _bands(ckk, oh, ow, x.itemsize)
+
+    def work(lo, hi, part):
+        buf = np.empty(ckk * rows * ow, dtype=x.dtype)
+        for i in range(lo, hi):
+            yi = y[i].reshape(o, oh * ow)
+            for i0 in range(0, oh, rows):
+                i1 = min(oh, i0 + rows)
+                block = buf[:ckk * (i1 - i0) * ow].reshape(ckk, (i1 - i0) * ow)  # C-contiguous: a plain BLAS operand
+                _im2col_band(xp[i], kh, kw, sh, sw, i0, i1, ow, block)
+                np.matmul(Wm, block, out=yi[:, i0 * ow:i1 * ow])
+            if b is not None:
+                y[i] += b.reshape(o, 1, 1)
+
+    _run_split(work, n, worth_it=2 * n * o * ckk * oh * ow >= SPLIT_MIN_FLOPS)
+    return y
+
+
+def _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b):
+    """Version 3, with the bands and workers of `_conv2d_forward_3`:
+
+    dW = sum over images n and bands of  G_band (O, band) @ im2col_band(x[n])^T (band, C*KH*KW), one partial sum per
+         worker, added in worker order (so dW's last bits depend on the number of BLAS threads, as a GEMM's do);
+    dx   at stride 1:  dx = conv2d(g, W') with W'[c, o, p, q] = W[o, c, KH-1-p, KW-1-q] and padding (KH-1-ph, KW-1-pw)
+         (each input pixel collects g W over the windows that read it: a correlation with the flipped filters), so
+         it runs on `_conv2d_forward_3`; other strides (or padding wider than the kernel) use version 2's col2im.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = g.shape[2], g.shape[3]
+    ckk, L = c * kh * kw, oh * ow
+    g = _c2(g)
+    dx = dW = None
+    if need_W:
+        xp = _pad_nchw(x, ph, pw)
+        rows = _bands(ckk, oh, ow, x.itemsize)
+
+        def work(lo, hi, part):
+            buf = np.empty(ckk * rows * ow, dtype=x.dtype)
+            acc, prod = np.zeros((o, ckk), dtype=x.dtype), np.empty((o, ckk), dtype=x.dtype)
+            for i in range(lo, hi):
+                G = g[i].reshape(o, L)
+                for i0 in range(0, oh, rows):
+                    i1 = min(oh, i0 + rows)
+                    block = buf[:ckk * (i1 - i0) * ow].reshape(ckk, (i1 - i0) * ow)
+                    _im2col_band(xp[i], kh, kw, sh, sw, i0, i1, ow, block)
+                    np.matmul(G[:, i0 * ow:i1 * ow], block.T, out=prod)
+                    acc += prod
+            return acc
+
+        partials = _run_split(work, n, worth_it=2 * n * o * ckk * L >= SPLIT_MIN_FLOPS)
+        dW = partials[0]
+        for p in partials[1:]:
+            dW += p
+        dW = dW.reshape(W.shape)
+    if need_x:
+        if (sh, sw) == (1, 1) and ph < kh and pw < kw:
+            W_flipped = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, KH, KW)
+            dx = _conv2d_forward_3(g, W_flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw))
+        else:
+            dx = _conv2d_backward_2(x, W, g, stride, padding, True, False, False)[0]
+    db = g.sum(axis=(0, 2, 3)) if need_b else None
+    return dx, dW, db
+
+
+CONV2D_FORWARD_VERSIONS = {1: _conv2d_forward_1, 2: _conv2d_forward_2, 3: _conv2d_forward_3}
+CONV2D_BACKWARD_VERSIONS = {1: _conv2d_backward_1, 2: _conv2d_backward_2, 3: _conv2d_backward_3}
 
 
 def conv2d_forward(x, W, b, stride, padding):
-    return _conv2d_forward_2(x, W, b, stride, padding)
+    return _conv2d_forward_3(x, W, b, stride, padding)
 
 
 def conv2d_backward(x, W, g, stride, padding, need_x, need_W, need_b):
-    return _conv2d_backward_2(x, W, g, stride, padding, need_x, need_W, need_b)
+    return _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b)
 
 
 # ---- 2-D max pooling, NCHW, no padding ------------------------------------------------------------------------------
@@ -781,12 +952,17 @@ def _maxpool2d_backward(g, argmax, dx):
                     dx[n, c, argmax[n, c, i, j]] += g[n, c, i, j]
 
 
+# The pooling wrappers split the images between the workers of `_run_split` (each worker writes its own images, so
+# the result is the same for any number of workers): a pass over memory that runs on one core is slower than
+# PyTorch's two-threaded one.
 def maxpool2d_forward(x, kernel, stride):
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kernel[0], stride[0], 0), _out_size(w, kernel[1], stride[1], 0)
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = np.empty((n, c, oh, ow), dtype=np.int64)
-    _maxpool2d_forward(x, kernel[0], kernel[1], stride[0], stride[1], y, argmax)
+    _run_split(lambda lo, hi, part: _maxpool2d_forward(x[lo:hi], kernel[0], kernel[1], stride[0], stride[1],
+                                                       y[lo:hi], argmax[lo:hi]),
+               n, x.size >= SPLIT_MIN_ELEMENTS, uses_blas=False)
     return y, argmax
 
 
@@ -795,5 +971,281 @@ def maxpool2d_backward(g, argmax, x_shape, kernel, stride):
     expected = (n, c, _out_size(h, kernel[0], stride[0], 0), _out_size(w, kernel[1], stride[1], 0))
     assert g.shape == expected == argmax.shape, (g.shape, argmax.shape, expected)
     dx = np.zeros((n, c, h * w), dtype=g.dtype)
-    _maxpool2d_backward(g, argmax, dx)
+    _run_split(lambda lo, hi, part: _maxpool2d_backward(g[lo:hi], argmax[lo:hi], dx[lo:hi]),
+               n, dx.size >= SPLIT_MIN_ELEMENTS, uses_blas=False)
     return dx.reshape(x_shape)
+
+
+# ---- 2-D average pooling, NCHW, no padding ---------------------------------------------------------------------------
+@jit
+def _avgpool2d_forward(x, kh, kw, sh, sw, y):
+    # for n, c, i, j:  y[n, c, i, j] = (1 / (kh kw)) * sum_{p < kh, q < kw} x[n, c, i*sh + p, j*sw + q]
+    # * the sum is taken first and scaled once (as the reference), in x's dtype
+    n_, c_ = x.shape[0], x.shape[1]
+    oh, ow = y.shape[2], y.shape[3]
+    scale = x.dtype.type(1.0 / (kh * kw))
+    for n in range(n_):
+        for c in range(c_):
+            for i in range(oh):
+                for j in range(ow):
+                    acc = x.dtype.type(0)
+                    for p in range(kh):
+                        for q in range(kw):
+                            acc += x[n, c, i * sh + p, j * sw + q]
+                    y[n, c, i, j] = acc * scale
+
+
+@jit
+def _avgpool2d_backward(g, kh, kw, sh, sw, dx):
+    # dx starts at zero;  for n, c, i, j, p < kh, q < kw:  dx[n, c, i*sh + p, j*sw + q] += g[n, c, i, j] / (kh kw)
+    n_, c_, oh, ow = g.shape
+    scale = g.dtype.type(1.0 / (kh * kw))
+    for n in range(n_):
+        for c in range(c_):
+            for i in range(oh):
+                for j in range(ow):
+                    share = g[n, c, i, j] * scale
+                    for p in range(kh):
+                        for q in range(kw):
+                            dx[n, c, i * sh + p, j * sw + q] += share
+
+
+def avgpool2d_forward(x, kernel, stride):
+    n, c, h, w = x.shape
+    oh, ow = _out_size(h, kernel[0], stride[0], 0), _out_size(w, kernel[1], stride[1], 0)
+    x = _c2(x)
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    _run_split(lambda lo, hi, part: _avgpool2d_forward(x[lo:hi], kernel[0], kernel[1], stride[0], stride[1],
+                                                       y[lo:hi]), n, x.size >= SPLIT_MIN_ELEMENTS, uses_blas=False)
+    return y
+
+
+def avgpool2d_backward(g, x_shape, kernel, stride):
+    n, c, h, w = x_shape
+    assert g.shape == (n, c, _out_size(h, kernel[0], stride[0], 0), _out_size(w, kernel[1], stride[1], 0)), g.shape
+    g = _c2(g)
+    dx = np.zeros(x_shape, dtype=g.dtype)
+    _run_split(lambda lo, hi, part: _avgpool2d_backward(g[lo:hi], kernel[0], kernel[1], stride[0], stride[1],
+                                                        dx[lo:hi]), n, dx.size >= SPLIT_MIN_ELEMENTS, uses_blas=False)
+    return dx
+
+
+# ---- LSTM gates and cell update (Jaderberg et al. 2016, Sec. 3.2: the recurrent core) -------------------------------
+# Same arguments as the reference; the products x W_x, h W_h stay BLAS calls in ops.py. Three versions, all tested
+# against the reference (tests/test_lstm.py); timings in docs/engine-speed.md (LSTM):
+#   version 1  the definition: one loop over the (B, H) cells reading the four gate columns j, H + j, 2H + j, 3H + j
+#              of a row together. Its exp and tanh are numba's scalar libm calls (~5-20 ns each): slow.
+#   version 2  (float64) the transcendentals taken out to NumPy's SIMD tanh over whole arrays, with
+#              sigmoid(z) = (1 + tanh(z / 2)) / 2: a jitted pass forms z (bias added, the sigmoid gates halved),
+#              np.tanh over all 4H columns, a jitted pass finishes the gates and the cell update, np.tanh(c'),
+#              h' = o tanh(c'). Backward: np.tanh(c'), then one jitted pass with no transcendental in it.
+#   version 3  (float32, the default there) version 2 with tanh computed inside the jitted loops as a rational
+#              function, x p(x^2) / q(x^2) (degrees 13 / 6) on [-7.9053, 7.9053], clamped outside: the approximation
+#              Eigen uses for float32 tanh (its generic_fast_tanh_float coefficients). Pure arithmetic, so LLVM
+#              vectorises the loops: ~6x faster than np.tanh. Within 3.6e-7 of the exact tanh (a few float32 ulps;
+#              tested), so float32 results differ from the reference by rounding-level amounts.
+@jit
+def _sigmoid1(z, one):
+    # sigmoid of one number without overflow: e = exp(-|z|) <= 1 (`one` is 1 in z's dtype, so float32 stays float32)
+    e = np.exp(-abs(z))
+    return one / (one + e) if z >= 0 else e / (one + e)
+
+
+@jit
+def _lstm_gates_forward_1(zx, zh, b, c, h_new, c_new, gates):
+    # for n < B, j < H:  z_k = zx[n, kH + j] + zh[n, kH + j] + b[kH + j]  for the gates k = i, f, g, o
+    #     i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g);  c_new = f c + i g;  h_new = o tanh(c_new)
+    # * all four z are read before any gate is written, so `gates` may be the array zx (in place).
+    B, H = c.shape
+    one = c.dtype.type(1)
+    for n in range(B):
+        for j in range(H):
+            zi = zx[n, j] + zh[n, j] + b[j]
+            zf = zx[n, H + j] + zh[n, H + j] + b[H + j]
+            zg = zx[n, 2 * H + j] + zh[n, 2 * H + j] + b[2 * H + j]
+            zo = zx[n, 3 * H + j] + zh[n, 3 * H + j] + b[3 * H + j]
+            i, f, g, o = _sigmoid1(zi, one), _sigmoid1(zf, one), np.tanh(zg), _sigmoid1(zo, one)
+            cn = f * c[n, j] + i * g
+            c_new[n, j] = cn
+            h_new[n, j] = o * np.tanh(cn)
+            gates[n, j], gates[n, H + j], gates[n, 2 * H + j], gates[n, 3 * H + j] = i, f, g, o
+
+
+@jit
+def _lstm_preactivation(zx, zh, b, z):
+    # for n < B, j < 4H:  z[n, j] = (zx[n, j] + zh[n, j] + b[j]) * s_j,  s = 1/2 on the sigmoid gates i, f, o and
+    # 1 on g, so that one tanh over the row gives tanh(z_i / 2), tanh(z_f / 2), tanh(z_g), tanh(z_o / 2).
+    # * z may be zx (in place): each element is read, then written.
+    B, H4 = z.shape
+    H = H4 // 4
+    half = z.dtype.type(0.5)
+    for n in range(B):
+        for j in range(2 * H):
+            z[n, j] = (zx[n, j] + zh[n, j] + b[j]) * half
+        for j in range(2 * H, 3 * H):
+            z[n, j] = zx[n, j] + zh[n, j] + b[j]
+        for j in range(3 * H, H4):
+            z[n, j] = (zx[n, j] + zh[n, j] + b[j]) * half
+
+
+@jit
+def _lstm_cell_update(t, c, c_new):
+    # t = tanh of the scaled pre-activations (B, 4H), rewritten in place into the gates:
+    # for n, j < H:  i, f, o = (1 + t) / 2;  g = t;  c_new = f c + i g
+    B, H = c.shape
+    half = c.dtype.type(0.5)
+    for n in range(B):
+        for j in range(H):
+            i = half + half * t[n, j]
+            f = half + half * t[n, H + j]
+            t[n, j] = i
+            t[n, H + j] = f
+            c_new[n, j] = f * c[n, j] + i * t[n, 2 * H + j]
+        for j in range(3 * H, 4 * H):
+            t[n, j] = half + half * t[n, j]
+
+
+@jit
+def _lstm_output(gates, tc, h_new):
+    # for n, j < H:  h_new = o tanh(c_new)   (tc holds tanh(c_new); h_new may be tc)
+    B, H = h_new.shape
+    for n in range(B):
+        for j in range(H):
+            h_new[n, j] = gates[n, 3 * H + j] * tc[n, j]
+
+
+def _lstm_gates_forward_2(zx, zh, b, c, h_new, c_new, gates):
+    _lstm_preactivation(zx, zh, b, gates)
+    np.tanh(gates, out=gates)
+    _lstm_cell_update(gates, c, c_new)
+    np.tanh(c_new, out=h_new)
+    _lstm_output(gates, h_new, h_new)
+
+
+@jit
+def _tanh32(x):
+    # tanh(x) ~ x p(x^2) / q(x^2) for |x| <= 7.9053 (clamped beyond, where float32 tanh is +-1 to 3.6e-7);
+    # Horner's rule, float32 constants so the loop stays float32.
+    x = min(max(x, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return x * p / q
+
+
+@jit
+def _lstm_gates_forward_3(zx, zh, b, c, h_new, c_new, gates):
+    # version 1's arithmetic (float32 only) with sigmoid(z) = (1 + tanh(z / 2)) / 2 and tanh = _tanh32, row by row:
+    # first the 4H gates of row n (three loops over contiguous columns), then its H cells, while the row is in L1.
+    # * each gate is read from zx before it is written, so `gates` may be the array zx (in place), but then LLVM's
+    #   overlap check fails and the loops run scalar (5x slower): ops.py gives separate arrays.
+    # * short loops that write one array: LLVM vectorises them (one loop over all seven arrays it did not).
+    B, H = c.shape
+    half = np.float32(0.5)
+    for n in range(B):
+        for j in range(2 * H):   # i, f
+            gates[n, j] = half + half * _tanh32(half * (zx[n, j] + zh[n, j] + b[j]))
+        for j in range(2 * H, 3 * H):   # g
+            gates[n, j] = _tanh32(zx[n, j] + zh[n, j] + b[j])
+        for j in range(3 * H, 4 * H):   # o
+            gates[n, j] = half + half * _tanh32(half * (zx[n, j] + zh[n, j] + b[j]))
+        for j in range(H):
+            c_new[n, j] = gates[n, H + j] * c[n, j] + gates[n, j] * gates[n, 2 * H + j]
+        for j in range(H):
+            h_new[n, j] = gates[n, 3 * H + j] * _tanh32(c_new[n, j])
+
+
+def _lstm_version(table, version, dtype):
+    """The kernel to run: version 3 is float32 only (float64 runs version 2 under that number); default 3 / 2."""
+    if version is None or (version == 3 and dtype != np.float32):
+        version = 3 if dtype == np.float32 else 2
+    return table[version]
+
+
+def lstm_gates_forward(zx, zh, b, c, out=None, _version=None):
+    B, H = c.shape
+    if out is None:
+        out = (np.empty((B, H), c.dtype), np.empty((B, H), c.dtype), np.empty((B, 4 * H), c.dtype))
+    kernel = _lstm_version(LSTM_GATES_FORWARD_VERSIONS, _version, c.dtype)
+    kernel(_c2(zx), _c2(zh), _c2(b), _c2(c), *out)
+    return out
+
+
+@jit
+def _lstm_gates_backward_1(gates, c, c_new, dh, dc, dz, dc_prev):
+    # for n < B, j < H, with i, f, g, o = gates[n, j + kH] and tc = tanh(c_new[n, j]):
+    #     dct = dc + dh o (1 - tc^2)
+    #     dz_i = dct g i (1 - i),  dz_f = dct c f (1 - f),  dz_g = dct i (1 - g^2),  dz_o = dh tc o (1 - o)
+    #     dc_prev = dct f
+    # * dc is read before dc_prev is written, so dc_prev may be the array dc (in place).
+    B, H = c.shape
+    one = c.dtype.type(1)
+    for n in range(B):
+        for j in range(H):
+            i, f, g, o = gates[n, j], gates[n, H + j], gates[n, 2 * H + j], gates[n, 3 * H + j]
+            tc = np.tanh(c_new[n, j])
+            d_h = dh[n, j]
+            dct = dc[n, j] + d_h * o * (one - tc * tc)
+            dz[n, j] = dct * g * i * (one - i)
+            dz[n, H + j] = dct * c[n, j] * f * (one - f)
+            dz[n, 2 * H + j] = dct * i * (one - g * g)
+            dz[n, 3 * H + j] = d_h * tc * o * (one - o)
+            dc_prev[n, j] = dct * f
+
+
+@jit
+def _lstm_gates_backward_tc(gates, c, tc, dh, dc, dz, dc_prev):
+    # version 1's loop with tc = tanh(c_new) given (from np.tanh): plain arithmetic, vectorised
+    B, H = c.shape
+    one = c.dtype.type(1)
+    for n in range(B):
+        for j in range(H):
+            i, f, g, o = gates[n, j], gates[n, H + j], gates[n, 2 * H + j], gates[n, 3 * H + j]
+            t = tc[n, j]
+            d_h = dh[n, j]
+            dct = dc[n, j] + d_h * o * (one - t * t)
+            dz[n, j] = dct * g * i * (one - i)
+            dz[n, H + j] = dct * c[n, j] * f * (one - f)
+            dz[n, 2 * H + j] = dct * i * (one - g * g)
+            dz[n, 3 * H + j] = d_h * t * o * (one - o)
+            dc_prev[n, j] = dct * f
+
+
+def _lstm_gates_backward_2(gates, c, c_new, dh, dc, dz, dc_prev):
+    _lstm_gates_backward_tc(gates, c, np.tanh(c_new), dh, dc, dz, dc_prev)
+
+
+@jit
+def _tanh32_(x, y):
+    # for i: y[i] = _tanh32(x[i])   (flat float32 arrays)
+    for i in range(x.size):
+        y[i] = _tanh32(x[i])
+
+
+def _lstm_gates_backward_3(gates, c, c_new, dh, dc, dz, dc_prev):
+    # version 2 with tanh(c_new) by _tanh32 (float32 only)
+    tc = np.empty_like(c_new)
+    _tanh32_(c_new.reshape(-1), tc.reshape(-1))
+    _lstm_gates_backward_tc(gates, c, tc, dh, dc, dz, dc_prev)
+
+
+def lstm_gates_backward(gates, c, c_new, dh, dc, out=None, _version=None):
+    B, H = c.shape
+    if out is None:
+        out = (np.empty((B, 4 * H), c.dtype), np.empty((B, H), c.dtype))
+    kernel = _lstm_version(LSTM_GATES_BACKWARD_VERSIONS, _version, c.dtype)
+    kernel(_c2(gates), _c2(c), _c2(c_new), _c2(dh), _c2(dc), *out)
+    return out
+
+
+LSTM_GATES_FORWARD_VERSIONS = {1: _lstm_gates_forward_1, 2: _lstm_gates_forward_2, 3: _lstm_gates_forward_3}
+LSTM_GATES_BACKWARD_VERSIONS = {1: _lstm_gates_backward_1, 2: _lstm_gates_backward_2, 3: _lstm_gates_backward_3}

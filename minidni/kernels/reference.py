@@ -295,3 +295,74 @@ def maxpool2d_backward(g, argmax, x_shape, kernel, stride):
     dx = np.zeros((n * c, h * w), dtype=g.dtype)
     np.add.at(dx, (np.arange(n * c)[:, None], argmax.reshape(n * c, -1)), g.reshape(n * c, -1))
     return dx.reshape(x_shape)
+
+
+
+# ---- 2-D average pooling, NCHW, no padding (the paper's CNN pools by averaging after every layer but the first) ------
+def avgpool2d_forward(x, kernel, stride):
+    """y[n, c, i, j] = (1 / (kh kw)) sum over the (kh, kw) window at (i sh, j sw) of x[n, c]."""
+    kh, kw = kernel
+    win = _windows(x, kh, kw, stride)  # (N, C, OH, OW, kh, kw)
+    return np.ascontiguousarray(win.sum(axis=(4, 5)) * x.dtype.type(1.0 / (kh * kw)))
+
+
+def avgpool2d_backward(g, x_shape, kernel, stride):
+    """dx[n, c, h, w] = (1 / (kh kw)) sum of g[n, c, i, j] over the windows (i, j) that contain (h, w): each window
+    hands an equal share of its gradient to each of its kh kw inputs (shares add up where windows overlap)."""
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = _out_size(h, kh, sh, 0), _out_size(w, kw, sw, 0)
+    assert g.shape == (n, c, oh, ow), (g.shape, (n, c, oh, ow))
+    share = g * g.dtype.type(1.0 / (kh * kw))
+    dx = np.zeros(x_shape, dtype=g.dtype)
+    for p in range(kh):  # tap (p, q) of window (i, j) is input pixel (i sh + p, j sw + q)
+        for q in range(kw):
+            dx[:, :, p:p + sh * (oh - 1) + 1:sh, q:q + sw * (ow - 1) + 1:sw] += share
+    return dx
+
+# ---- LSTM gates and cell update (Hochreiter & Schmidhuber 1997; the recurrent core of Jaderberg et al. 2016, Sec. 3.2)
+# Gate order i, f, g, o (PyTorch's). The products x W_x and h W_h (each (B, 4H)) come from BLAS; these kernels do
+# everything between them: the bias, the four gate nonlinearities and the cell update, and their backward.
+def lstm_gates_forward(zx, zh, b, c, out=None):
+    """z = zx + zh + b  (B, 4H);  i, f, o = sigmoid(z_i, z_f, z_o),  g = tanh(z_g)  (each (B, H));
+    c' = f c + i g;  h' = o tanh(c').
+
+    Returns (h', c', gates), gates (B, 4H) the activated [i, f, g, o] that the backward needs. `out`, if given, is
+    a tuple of three arrays (h', c', gates) of those shapes to write the results into (and return).
+    """
+    H = c.shape[1]
+    z = zx + zh + b
+    i, f = sigmoid_forward(z[:, :H]), sigmoid_forward(z[:, H:2 * H])
+    g, o = np.tanh(z[:, 2 * H:3 * H]), sigmoid_forward(z[:, 3 * H:])
+    c_new = f * c + i * g
+    h_new = o * np.tanh(c_new)
+    gates = np.concatenate([i, f, g, o], axis=1)
+    if out is None:
+        return h_new, c_new, gates
+    for dst, src in zip(out, (h_new, c_new, gates)):
+        np.copyto(dst, src)
+    return out
+
+
+def lstm_gates_backward(gates, c, c_new, dh, dc, out=None):
+    """The backward of `lstm_gates_forward`, from dh = dL/dh' and dc = dL/dc' (both (B, H)):
+
+        dc' = dc + dh o (1 - tanh(c')^2)            (the total gradient reaching the new cell)
+        dz_i = dc' g i (1 - i),   dz_f = dc' c f (1 - f),   dz_g = dc' i (1 - g^2),   dz_o = dh tanh(c') o (1 - o)
+        dc_prev = dc' f
+
+    Returns (dz, dc_prev): dz (B, 4H) is the gradient of the pre-activation z (so also of zx, zh, and summed over
+    rows, of b). `out`, if given, is (dz, dc_prev) to write into.
+    """
+    H = c.shape[1]
+    i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    tc = np.tanh(c_new)
+    dc_total = dc + dh * o * (1 - tc * tc)
+    dz = np.concatenate([dc_total * g * i * (1 - i), dc_total * c * f * (1 - f), dc_total * i * (1 - g * g),
+                         dh * tc * o * (1 - o)], axis=1)
+    dc_prev = dc_total * f
+    if out is None:
+        return dz, dc_prev
+    for dst, src in zip(out, (dz, dc_prev)):
+        np.copyto(dst, src)
+    return out
