@@ -55,8 +55,11 @@ class Synthesizer(nn.Module):
 
     def __init__(self, features, n_classes=None, hidden=(), batch_norm=True, scale=1.0, dtype=np.float32, rng=None):
         super().__init__()
-        self.features, self.n_classes = int(features), (None if n_classes is None else int(n_classes))
-        self.hidden, self.batch_norm, self.scale = tuple(int(w) for w in hidden), bool(batch_norm), float(scale)
+        where = f"Synthesizer({features!r}, n_classes={n_classes!r}, hidden={hidden!r})"
+        self.features = nn.size_arg(features, "features (the width of h)", where)
+        self.n_classes = None if n_classes is None else nn.size_arg(n_classes, "n_classes", where)
+        self.hidden = tuple(nn.size_arg(w, "each hidden width", where) for w in hidden)
+        self.batch_norm, self.scale = bool(batch_norm), float(scale)
         self.dtype = np.dtype(dtype)
         r = nn._rng(rng)
         width = self.features + (self.n_classes or 0)        # input: [h, onehot(y)]
@@ -99,7 +102,7 @@ class ConvSynthesizer(nn.Module):
 
     channels      C, the channels of h
     n_classes     None for DNI; the number of classes for cDNI
-    hidden        channels of the hidden conv layers: () is a single (linear) conv
+    hidden        channels of the hidden conv layers: () is a single (linear) conv; the paper's is (C, C)
     kernel_size   odd: 5 in the paper
     """
 
