@@ -8,6 +8,14 @@
     trace.py         Trace of a run and draw_timeline (schedule by tick, run by wall-clock time)
     unlock.py        complete unlock: synthetic inputs I(x) and the unlocked schedule
 
+Recurrent (temporal) DNI, arXiv v1 Sec. 3.2:
+    recurrent_synthesizer.py  RecurrentSynthesizer M(h_t) -> [g_h, g_c] (used as 0.1 M); RecurrentOracle (given grads)
+    boundary.py      the cut: start leaves, inject scale * M(h_T) at the window's end, the bootstrapped target
+    aux.py           AuxHead: the core predicts the synthetic gradient T steps ahead
+    tbptt.py         the truncated-BPTT schedule as data: tbptt(T, "bptt" | "dni" | "dni-aux")
+    recurrent_runner.py  RecurrentLearner: runs that schedule on an LSTM, one event at a time
+    bits.py          the bit loss and bit errors per output step of Copy / Repeat Copy
+
 A first run:
 
     from minidni import dni
@@ -24,8 +32,13 @@ from .schedules import Event, check, delayed, dni, locked, pipelined, stochastic
 from .synthesizer import ConvSynthesizer, Oracle, Synthesizer, one_hot
 from .trace import Trace, draw_timeline
 from .unlock import SyntheticInput, add_synthetic_inputs, unlocked
+from .aux import AuxHead
+from .recurrent_runner import RecurrentLearner
+from .recurrent_synthesizer import RecurrentOracle, RecurrentSynthesizer
+from .tbptt import TruncatedBPTT, tbptt
 
 __all__ = ["schedules", "Interface", "gradient_agreement", "DNINet", "adam", "make_synthesizer", "mlp_modules",
            "mnist_fcn", "split_sequential", "Runner", "ConcurrentRunner", "Event", "check", "locked", "dni",
            "stochastic", "delayed", "pipelined", "unlocked", "Oracle", "Synthesizer", "ConvSynthesizer", "one_hot",
-           "Trace", "draw_timeline", "SyntheticInput", "add_synthetic_inputs"]
+           "Trace", "draw_timeline", "SyntheticInput", "add_synthetic_inputs",
+           "AuxHead", "RecurrentLearner", "RecurrentOracle", "RecurrentSynthesizer", "TruncatedBPTT", "tbptt"]

@@ -55,3 +55,4 @@ def get(name) -> Experiment:
 
 
 from . import feedforward, mnist_dni, mnist_fcn  # noqa: E402,F401  (register their experiments)
+from . import copy_rnn  # noqa: E402,F401  (Copy / Repeat Copy: truncated BPTT, DNI, DNI + Aux)
