@@ -176,7 +176,9 @@ def test_op_gradients(name, fn, makers, layout, backend):
 
 OPS_WITH_GRADIENT_TESTS = {"add", "sub", "mul", "div", "neg", "astype", "matmul", "linear", "relu", "tanh", "sigmoid",
                            "exp", "log", "sum", "mean", "reshape", "transpose", "concat", "getitem", "cross_entropy",
-                           "mse_loss", "batch_norm", "conv2d", "max_pool2d", "linear_relu", "batch_norm_relu"}
+                           "mse_loss", "batch_norm", "conv2d", "max_pool2d", "linear_relu", "batch_norm_relu",
+                           "avg_pool2d",            # conv2d and the pools: gradient checks in tests/test_conv.py
+                           "lstm_cell", "lstm"}     # through several time steps: tests/test_lstm.py
 
 
 def test_every_public_op_has_a_gradient_test():
