@@ -334,7 +334,7 @@ def main(argv=None):
     if not args.no_dni and "copy" in args.sizes:
         I, H, B = SIZES["copy"]
         H = args.hidden or H
-        print(f"\nthe cost of DNI over BPTT (dni.RecurrentLearner, copy size, episodes of 4 windows of T steps)")
+        print("\nthe cost of DNI over BPTT (dni.RecurrentLearner, copy size, episodes of 4 windows of T steps)")
         for T in args.T:
             per_sample = max(1, round(args.sample_s * gemm_bound_steps_per_s(T, I, H, B, clock=clock) / 8))
             med, raw = measure(["tbptt-bptt", "tbptt-dni"], f"{T}:{I}:{H}:{B}:{args.threads}:"

@@ -159,3 +159,13 @@ def assert_close(actual, expected, dtype, what=""):
     expected = np.asarray(expected, np.float64)
     scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def exit_code(argv):
+    """minidni.cli.main(argv)'s exit status, whether it returns it or argparse raises SystemExit."""
+    from minidni.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code

@@ -11,16 +11,11 @@ from minidni.config import load_toml
 from minidni.experiments import get
 from minidni.train import CHECKPOINT, CONFIG, CURVES, METRICS, SUMMARY
 
+from helpers import exit_code
+
 NAME = "mnist-fcn-bprop"
 QUICK = ["--steps", "20", "--batch-size", "64", "--set", "eval_batch_size=5000", "--quiet"]
 
-
-def exit_code(argv):
-    """main(argv)'s exit status, whether it returns it or argparse raises SystemExit."""
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,11 @@ from minidni.cli import main
 from minidni.data.mnist import PACKAGED_DIR, TRAIN_IMAGES, write_idx
 from minidni.train import CHECKPOINT, SUMMARY
 
+from helpers import exit_code
+
 NAME = "mnist-fcn-bprop"
 TINY = ["--steps", "2", "--batch-size", "32", "--set", "hidden=8", "--set", "eval_batch_size=5000", "--quiet"]
 
-
-def exit_code(argv):
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 @pytest.fixture(scope="module")

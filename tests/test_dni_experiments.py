@@ -12,15 +12,10 @@ from minidni.data.cifar10 import write_cifar10_batches
 from minidni.experiments.feedforward import OutputLayerOnly
 from minidni.table import PAPER
 
+from helpers import exit_code
+
 TINY = ["--steps", "3", "--batch-size", "16", "--quiet", "--set", "eval_batch_size=5000"]
 CNN = ["--steps", "2", "--batch-size", "8", "--quiet", "--set", "channels=4", "--set", "eval_subset=16"]
-
-
-def exit_code(argv):
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
 
 
 def records(folder):
