@@ -156,6 +156,11 @@ def format_table(table, markdown=False):
     budget = "; ".join(table["measured_budget"]) or "no runs yet"
     title = (f"MNIST FCN, % test error: measured ({budget}) and, in brackets, the paper's "
              f"({table['paper_budget']}).")
+    return render_rows(title, header, rows, markdown)
+
+
+def render_rows(title, header, rows, markdown=False):
+    """A titled table of string cells: Markdown (for table.md), or aligned columns for a terminal."""
     if markdown:
         lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

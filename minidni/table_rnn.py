@@ -129,16 +129,12 @@ def format_table(table, markdown=False):
     budget = "; ".join(table["measured_budget"]) or "no finished runs yet"
     title = (f"Table 2, max length solved: measured ({budget}) and, in brackets, the paper's ({table['paper_budget']})."
              " * = unfinished run (its value so far); ? = not run yet.")
-    if markdown:
-        out = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(r) + " |" for r in lines_]
-        return "\n".join(out) + "\n"
-    widths = [max(len(x) for x in col) for col in zip(header, *lines_)]
-    line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
-    text = [title, line(header), line(["-" * w for w in widths]), *(line(r) for r in lines_)]
-    if table["missing"]:
-        text.append(f"still to run: {', '.join(table['missing'])}")
-    return "\n".join(text)
+    from .table import render_rows
+
+    text = render_rows(title, header, lines_, markdown)
+    if not markdown and table["missing"]:
+        text += f"\nstill to run: {', '.join(table['missing'])}"
+    return text
 
 
 def parse_sets(items):
