@@ -886,27 +886,29 @@ def conv2d(x, W, b=None, stride=1, padding=0):
     return Conv2d.apply(x, W, b, stride=stride, padding=padding)
 
 
+def _pool_inputs(op, x, kernel, stride):
+    """The checked (x, kernel, stride) of a pooling op: float NCHW, positive int pairs, the window inside the map;
+    stride defaults to the kernel (windows that do not overlap)."""
+    if not isinstance(x, Tensor):
+        x = Tensor(x)
+    _need_float_nchw(op, x)
+    kernel = _int_pair(op, "kernel", kernel, 1)
+    stride = kernel if stride is None else _int_pair(op, "stride", stride, 1)
+    _check_window(op, x, kernel, (1, 1), (0, 0), "window")
+    return x, kernel, stride
+
+
 def max_pool2d(x, kernel=2, stride=None):
     """Max over (kh, kw) windows of x (N, C, H, W) moved by `stride` (default: the kernel, windows that do not
     overlap), no padding; output (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). See `MaxPool2d`."""
-    if not isinstance(x, Tensor):
-        x = Tensor(x)
-    _need_float_nchw("max_pool2d", x)
-    kernel = _int_pair("max_pool2d", "kernel", kernel, 1)
-    stride = kernel if stride is None else _int_pair("max_pool2d", "stride", stride, 1)
-    _check_window("max_pool2d", x, kernel, (1, 1), (0, 0), "window")
+    x, kernel, stride = _pool_inputs("max_pool2d", x, kernel, stride)
     return MaxPool2d.apply(x, kernel=kernel, stride=stride)
 
 
 def avg_pool2d(x, kernel=2, stride=None):
     """Mean over (kh, kw) windows of x (N, C, H, W) moved by `stride` (default: the kernel), no padding; output
     (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). See `AvgPool2d`."""
-    if not isinstance(x, Tensor):
-        x = Tensor(x)
-    _need_float_nchw("avg_pool2d", x)
-    kernel = _int_pair("avg_pool2d", "kernel", kernel, 1)
-    stride = kernel if stride is None else _int_pair("avg_pool2d", "stride", stride, 1)
-    _check_window("avg_pool2d", x, kernel, (1, 1), (0, 0), "window")
+    x, kernel, stride = _pool_inputs("avg_pool2d", x, kernel, stride)
     return AvgPool2d.apply(x, kernel=kernel, stride=stride)
 
 
