@@ -18,6 +18,9 @@ The rule for a second backward: after `backward()` the graph's saved arrays are 
 `retain_graph=True` to keep the graph; then a second call *adds* to the leaves' `.grad` (as in PyTorch), which is
 what you asked for. `zero_grad()` (or `tensor.grad = None`) starts afresh.
 
+Devices: `apply` finds the one device all inputs live on (`ctx.device`; two devices is an error naming both), and
+forward and backward compute with that device's primitives, so a graph lives on one device from start to end.
+
 This is the mechanism behind Jaderberg et al. 2016, Sec. 1: "update locking" is exactly the fact that a layer's
 gradient only exists after this backward walk has come down from the loss.
 """
@@ -26,6 +29,8 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
+from .device import _BY_TYPE, CPU, DeviceMismatch, common_device, device_of
 
 _state = threading.local()  # grad mode is per thread, so DNI worker threads can run no_grad independently
 
@@ -70,11 +75,11 @@ class detect_anomaly:
         return False
 
 
-def _check_anomaly(fn, arrays, out):
-    if np.issubdtype(np.asarray(out).dtype, np.floating) and not np.isfinite(out).all():
+def _check_anomaly(fn, arrays, out, dev=CPU):
+    if np.dtype(out.dtype).kind == "f" and not dev.all_finite(out):
         sources = ", ".join(
-            f"input {k} {'finite' if np.isfinite(a).all() else 'already non-finite'}"
-            for k, a in enumerate(arrays) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+            f"input {k} {'finite' if dev.all_finite(a) else 'already non-finite'}"
+            for k, a in enumerate(arrays) if device_of(a) is dev and np.dtype(a.dtype).kind == "f"
         )
         raise FloatingPointError(f"detect_anomaly: {fn.__name__}.forward produced NaN or inf ({sources}).")
 
@@ -83,15 +88,16 @@ class Context:
     """What one application of a Function remembers for its backward pass.
 
     saved               arrays (or anything) stored by forward with `ctx.save_for_backward(...)`
+    device              the Device every input lives on: forward and backward compute with its primitives
     needs_input_grad    one bool per tensor input: backward may skip gradients nobody needs
     inputs              the input Tensors (the graph's edges)
     fn                  the Function class, for printing and error messages
     """
 
-    __slots__ = ("fn", "inputs", "needs_input_grad", "saved", "released", "__dict__")
+    __slots__ = ("fn", "inputs", "needs_input_grad", "saved", "released", "device", "__dict__")
 
-    def __init__(self, fn, inputs, needs_input_grad):
-        self.fn = fn
+    def __init__(self, fn, inputs, needs_input_grad, device=CPU):
+        self.fn, self.device = fn, device
         self.inputs = inputs
         self.needs_input_grad = needs_input_grad
         self.saved = ()
@@ -123,12 +129,13 @@ class Function:
         arrays = [t.data for t in inputs]
         needs = [t.requires_grad for t in inputs]
         track = is_grad_enabled() and any(needs)
-        ctx = Context(cls, inputs if track else (), tuple(needs))
+        dev = common_device(arrays, cls.__name__)
+        ctx = Context(cls, inputs if track else (), tuple(needs), dev)
         out = cls.forward(ctx, *arrays, **options)
-        if not isinstance(out, np.ndarray):  # numpy turns 0-d results into scalars: 2 * loss is a np.float64
+        if dev is CPU and not isinstance(out, np.ndarray):  # numpy turns 0-d results into scalars (np.float64)
             out = np.asarray(out)
         if getattr(_state, "anomaly", False):
-            _check_anomaly(cls, arrays, out)
+            _check_anomaly(cls, arrays, out, dev)
         if not track:
             return Tensor._wrap(out, False, None)
         return Tensor._wrap(out, True, ctx)
@@ -159,7 +166,12 @@ def _toposort(root):
 
 
 def _check_grad(ctx, k, grad, inp):
-    if not isinstance(grad, np.ndarray) or grad.shape != inp.data.shape:
+    on = _BY_TYPE.get(type(grad)) or device_of(grad)
+    if on is not None and on is not ctx.device and not isinstance(grad, (int, float, np.generic)):
+        raise DeviceMismatch(f"{ctx.fn.__name__}.backward returned a gradient on {on.name} for input {k}, which is on "
+                             f"{ctx.device.name}: a backward computes on its op's device")
+    is_array = isinstance(grad, np.ndarray) if ctx.device is CPU else ctx.device.owns(grad)
+    if not is_array or grad.shape != inp.data.shape:
         got = getattr(grad, "shape", type(grad).__name__)
         raise RuntimeError(
             f"{ctx.fn.__name__}.backward returned a gradient of shape {got} for input {k}, "
@@ -184,15 +196,25 @@ def backward(root, grad=None, retain_graph=False, trace=None):
             "backward() called on a tensor that does not require grad: no input of the computation had "
             "requires_grad=True (or it was computed under no_grad / from detach())."
         )
+    dev = device_of(root.data, CPU)   # apply saw to it that the whole graph lives on this one device
     if grad is None:
         if root.data.size != 1:
             raise RuntimeError(
                 f"backward() without an argument needs a scalar (a loss); this tensor has shape {root.shape}. "
                 "Pass the upstream gradient: t.backward(grad)."
             )
-        grad = np.ones_like(root.data)
+        grad = np.ones_like(root.data) if dev is CPU else dev.full(root.shape, 1, root.dtype)
     else:
-        grad = np.asarray(grad, dtype=root.data.dtype)
+        from .tensor import Tensor
+
+        grad = grad.data if isinstance(grad, Tensor) else grad
+        on = device_of(grad, CPU)
+        if on is not dev:                   # a host array for a device root is copied over; other mixes are errors
+            if on is not CPU:
+                raise DeviceMismatch(f"backward(grad): grad is on {on.name}, the tensor on {dev.name}")
+            grad = dev.from_host(np.asarray(grad, dtype=root.data.dtype))
+        grad = np.asarray(grad, dtype=root.data.dtype) if dev is CPU else (
+            grad if grad.dtype == root.dtype else dev.cast(grad, root.dtype))
         if grad.shape != root.data.shape:
             raise RuntimeError(f"backward(grad): grad has shape {grad.shape}, the tensor has shape {root.shape}.")
 
@@ -210,11 +232,11 @@ def backward(root, grad=None, retain_graph=False, trace=None):
             # A fresh array that no other tensor got is taken as it is (no copy in the hot path); a view, or an
             # array already handed out (a + b gives the same g to both), or one we pass on below, is copied.
             if node.grad is not None:
-                node.grad = np.asarray(node.grad + g)
-            elif g.base is None and id(g) not in handed and ctx is None:
+                node.grad = np.asarray(node.grad + g) if dev is CPU else dev.binary("add", node.grad, g)
+            elif (g.base is None if dev is CPU else dev.owns_memory(g)) and id(g) not in handed and ctx is None:
                 node.grad = g
             else:
-                node.grad = g.copy()
+                node.grad = g.copy() if dev is CPU else dev.copy(g)
             handed.add(id(node.grad))
             if ctx is None:
                 continue
@@ -235,7 +257,8 @@ def backward(root, grad=None, retain_graph=False, trace=None):
             _check_grad(ctx, k, ig, inp)
             prev = grads.get(id(inp))
             # out of place: ig may alias another array; asarray keeps a 0-d sum an array
-            grads[id(inp)] = ig if prev is None else np.asarray(prev + ig)
+            grads[id(inp)] = ig if prev is None else (np.asarray(prev + ig) if dev is CPU
+                                                      else dev.binary("add", prev, ig))
         if not retain_graph:
             ctx.saved = ()
             ctx.released = True

@@ -242,6 +242,9 @@ class TrainConfig(Config):
 
     seed: int = param(0, "seeds parameter initialisation and the order of batches", ge=0)
     backend: str = param("numba", "kernel backend", choices=("numba", "numpy"))
+    device: str = param("cpu", "where tensors live and ops run: 'cpu', or 'cuda' (an NVIDIA GPU, minidni.kernels.gpu; "
+                               "without one, NUMBA_ENABLE_CUDASIM=1 runs it on numba's slow simulator)",
+                        choices=("cpu", "cuda"))
     epochs: int = param(1, "passes over the training set (used when steps = 0)", ge=0)
     steps: int = param(0, "train this many steps instead of `epochs` (0: use epochs)", ge=0)
     batch_size: int = param(256, "examples per training step", ge=2)

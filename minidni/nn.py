@@ -10,6 +10,8 @@ norm's running statistics), and child Modules. It finds them by looking at its o
 
 makes `fc.weight` and `fc.bias` appear in `net.named_parameters()` as "fc.weight", "fc.bias". `state_dict()` returns
 every parameter and buffer by name; `save(path)` / `load(path)` write and read them as .npz, exactly.
+`to(device)` moves every parameter and buffer to a device ("cpu", "cuda"), in place; state_dict() always holds NumPy
+arrays on the host, so a checkpoint written on one device loads on any other.
 
 The feed-forward networks of Jaderberg et al. 2016 (Sec. 3.3, appendix A: fully connected layers of 256 units with
 batch norm and ReLU) are `mlp(784, 256, 10, n_hidden=k)`.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .device import CPU, device_of, get_device
 from .tensor import Tensor
 
 _seed_rng = np.random.default_rng(0)
@@ -137,11 +140,33 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    # ---- devices ---------------------------------------------------------------------------------------------------------
+    def to(self, device):
+        """Move every parameter (with its grad) and buffer of this module and its children to `device`, in place:
+        the Parameter objects stay the same, so an optimizer built on them keeps working (its state moves to the
+        parameters' device at its next step, or at once with optimizer.to(device)). Returns self."""
+        dev = get_device(device)
+        for m in self.modules():
+            for value in vars(m).values():
+                if isinstance(value, Parameter):
+                    _move_tensor(value, dev)
+            for name in m._buffers:
+                moved = _move_array(getattr(m, name), dev)
+                m._buffers[name] = moved
+                object.__setattr__(m, name, moved)
+        return self
+
+    @property
+    def device(self):
+        """The device of this module's first parameter (cpu for a module without any)."""
+        params = self.parameters()
+        return params[0].device if params else CPU
+
     # ---- state -------------------------------------------------------------------------------------------------------------
     def state_dict(self):
-        """{name: array copy} of every parameter and buffer."""
-        state = {name: p.data.copy() for name, p in self.named_parameters()}
-        state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
+        """{name: array copy} of every parameter and buffer, as NumPy arrays on the host (from any device)."""
+        state = {name: p.data.copy() if p.device is CPU else _host_copy(p.data) for name, p in self.named_parameters()}
+        state.update({name: _host_copy(b) for name, b in self.named_buffers()})
         return state
 
     def load_state_dict(self, state, strict=True):
@@ -164,7 +189,7 @@ class Module:
                                  f"but the state holds shape {value.shape}, dtype {value.dtype}")
             pairs.append((target, value))
         for target, value in pairs:  # all checked first: a refused state leaves the module untouched
-            np.copyto(target, value)
+            device_of(target, CPU).copy_from_host(target, value)
 
     def save(self, path):
         """Write the state dict to an .npz file (an exact round trip: load() restores every bit)."""
@@ -187,6 +212,23 @@ class Module:
         for name, child in children:
             lines += [f"  ({name}): " + repr(child).replace("\n", "\n  ")]
         return "\n".join(lines + [")"])
+
+
+def _host_copy(array):
+    return np.array(array, copy=True) if device_of(array, CPU) is CPU else device_of(array).host_copy(array)
+
+
+def _move_array(array, dev):
+    """`array` on device `dev`: itself if it is there already, else a copy made through the host."""
+    here = device_of(array, CPU)
+    return array if here is dev else dev.from_host(here.to_host(array))
+
+
+def _move_tensor(t, dev):
+    """Move a leaf tensor's data and grad to `dev`, in place (the object stays the same)."""
+    t.data = _move_array(t.data, dev)
+    if t.grad is not None:
+        t.grad = _move_array(t.grad, dev)
 
 
 class Linear(Module):

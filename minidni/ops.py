@@ -1,9 +1,11 @@
 """The differentiable operations: each a Function with forward and backward side by side, its math in the docstring.
 
 Notation: g is the gradient flowing in from above (dL/dy, shape of y); every backward returns one gradient per input,
-with that input's shape (broadcasting is undone by `unbroadcast`). Heavy arithmetic goes through `kernels.active`
-(Numba or the NumPy reference, see `minidni/kernels/`); ops that are a single NumPy call (broadcast arithmetic,
-reshapes, reductions over arbitrary axes) call NumPy directly on both backends.
+with that input's shape (broadcasting is undone by `unbroadcast`). All arithmetic goes through `ctx.device`, the
+Device the inputs live on (`minidni/device.py`): heavy kernels through `dev.kernels` (on the cpu the active backend,
+Numba or the NumPy reference, see `minidni/kernels/`; on cuda `minidni.kernels.gpu`), the rest through its small set of
+primitives (`dev.binary("add", a, b)`, `dev.reduce("sum", x, axis, keepdims)`, `dev.reshape`, `dev.matmul`, ...). On
+the cpu each primitive is the NumPy call it names.
 
 The public functions at the bottom (`add`, `linear`, `cross_entropy`, ...) accept Tensors, and also Python numbers
 or arrays where that makes sense; they check dtypes and shapes and raise errors that name the op.
@@ -18,23 +20,23 @@ import threading
 
 import numpy as np
 
-from . import kernels
 from .autograd import Function
+from .device import CPU, _resolve_shape, device_of
 from .tensor import Tensor
 
 _BASIC_INDEX = (int, np.integer, slice, type(None), type(Ellipsis))
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------------
-def unbroadcast(grad, shape):
+def unbroadcast(grad, shape, dev=CPU):
     """Sum `grad` down to `shape`, undoing NumPy broadcasting: y = a + b with a (3, 1), b (4,) gives y (3, 4);
     dL/da sums g over axis 1 (kept), dL/db sums g over axis 0 (dropped)."""
     if grad.shape == shape:
         return grad
-    extra = grad.ndim - len(shape)
+    extra = len(grad.shape) - len(shape)
     axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
-    out = grad.sum(axis=axes, keepdims=True) if axes else grad
-    return out.reshape(shape)
+    out = dev.reduce("sum", grad, axes, True) if axes else grad
+    return dev.reshape(out, shape)
 
 
 def _as_tensor(x, like: Tensor, op: str) -> Tensor:
@@ -42,7 +44,10 @@ def _as_tensor(x, like: Tensor, op: str) -> Tensor:
     if isinstance(x, Tensor):
         t = x
     elif isinstance(x, (int, float, bool, np.number)) and not isinstance(x, np.ndarray):
-        return Tensor._wrap(np.asarray(x, dtype=like.data.dtype), False, None)
+        dev = like.device
+        if dev is CPU:
+            return Tensor._wrap(np.asarray(x, dtype=like.data.dtype), False, None)
+        return Tensor._wrap(dev.full((), x, like.data.dtype), False, None)  # made on the device: no transfer
     else:
         t = Tensor(x)
     if t.data.dtype != like.data.dtype:
@@ -94,12 +99,12 @@ class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a.shape, b.shape)
-        return a + b
+        return ctx.device.binary("add", a, b)
 
     @staticmethod
     def backward(ctx, g):
         sa, sb = ctx.saved
-        return unbroadcast(g, sa), unbroadcast(g, sb)
+        return unbroadcast(g, sa, ctx.device), unbroadcast(g, sb, ctx.device)
 
 
 class Sub(Function):
@@ -108,12 +113,13 @@ class Sub(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a.shape, b.shape)
-        return a - b
+        return ctx.device.binary("sub", a, b)
 
     @staticmethod
     def backward(ctx, g):
         sa, sb = ctx.saved
-        return unbroadcast(g, sa), -unbroadcast(g, sb)
+        dev = ctx.device
+        return unbroadcast(g, sa, dev), dev.unary("neg", unbroadcast(g, sb, dev))
 
 
 class Mul(Function):
@@ -122,13 +128,14 @@ class Mul(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a * b
+        return ctx.device.binary("mul", a, b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        da = unbroadcast(g * b, a.shape) if ctx.needs_input_grad[0] else None
-        db = unbroadcast(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        dev = ctx.device
+        da = unbroadcast(dev.binary("mul", g, b), a.shape, dev) if ctx.needs_input_grad[0] else None
+        db = unbroadcast(dev.binary("mul", g, a), b.shape, dev) if ctx.needs_input_grad[1] else None
         return da, db
 
 
@@ -138,13 +145,18 @@ class Div(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a / b
+        return ctx.device.binary("div", a, b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        da = unbroadcast(g / b, a.shape) if ctx.needs_input_grad[0] else None
-        db = unbroadcast(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        dev = ctx.device
+        da = unbroadcast(dev.binary("div", g, b), a.shape, dev) if ctx.needs_input_grad[0] else None
+        if ctx.needs_input_grad[1]:   # -g a / b^2, in that order
+            minus_ga = dev.binary("mul", dev.unary("neg", g), a)
+            db = unbroadcast(dev.binary("div", minus_ga, dev.binary("mul", b, b)), b.shape, dev)
+        else:
+            db = None
         return da, db
 
 
@@ -153,11 +165,11 @@ class Neg(Function):
 
     @staticmethod
     def forward(ctx, x):
-        return -x
+        return ctx.device.unary("neg", x)
 
     @staticmethod
     def backward(ctx, g):
-        return -g
+        return ctx.device.unary("neg", g)
 
 
 class AsType(Function):
@@ -166,11 +178,11 @@ class AsType(Function):
     @staticmethod
     def forward(ctx, x, dtype):
         ctx.save_for_backward(x.dtype)
-        return x.astype(dtype)
+        return ctx.device.cast(x, dtype)
 
     @staticmethod
     def backward(ctx, g):
-        return g.astype(ctx.saved[0])
+        return ctx.device.cast(g, ctx.saved[0])
 
 
 # ---- matrix products ---------------------------------------------------------------------------------------------------
@@ -180,13 +192,14 @@ class MatMul(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return np.matmul(a, b)
+        return ctx.device.matmul(a, b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        da = np.matmul(g, b.T) if ctx.needs_input_grad[0] else None
-        db = np.matmul(a.T, g) if ctx.needs_input_grad[1] else None
+        dev = ctx.device
+        da = dev.matmul(g, dev.transpose(b, (1, 0))) if ctx.needs_input_grad[0] else None
+        db = dev.matmul(dev.transpose(a, (1, 0)), g) if ctx.needs_input_grad[1] else None
         return da, db
 
 
@@ -200,13 +213,13 @@ class Linear(Function):
     @staticmethod
     def forward(ctx, x, W, b=None):
         ctx.save_for_backward(x, W)
-        return kernels.active.linear_forward(x, W, b)
+        return ctx.device.kernels.linear_forward(x, W, b)
 
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved
         need = ctx.needs_input_grad
-        dx, dW, db = kernels.active.linear_backward(x, W, g, need[0], need[1], len(need) > 2 and need[2])
+        dx, dW, db = ctx.device.kernels.linear_backward(x, W, g, need[0], need[1], len(need) > 2 and need[2])
         return (dx, dW, db) if len(need) > 2 else (dx, dW)
 
 
@@ -216,13 +229,13 @@ class ReLU(Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = kernels.active.relu_forward(x)
+        y = ctx.device.kernels.relu_forward(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return kernels.active.relu_backward(ctx.saved[0], g)
+        return ctx.device.kernels.relu_backward(ctx.saved[0], g)
 
 
 class Tanh(Function):
@@ -230,13 +243,13 @@ class Tanh(Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = kernels.active.tanh_forward(x)
+        y = ctx.device.kernels.tanh_forward(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return kernels.active.tanh_backward(ctx.saved[0], g)
+        return ctx.device.kernels.tanh_backward(ctx.saved[0], g)
 
 
 class Sigmoid(Function):
@@ -244,13 +257,13 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = kernels.active.sigmoid_forward(x)
+        y = ctx.device.kernels.sigmoid_forward(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return kernels.active.sigmoid_backward(ctx.saved[0], g)
+        return ctx.device.kernels.sigmoid_backward(ctx.saved[0], g)
 
 
 class Exp(Function):
@@ -258,13 +271,13 @@ class Exp(Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = kernels.active.exp_forward(x)
+        y = ctx.device.kernels.exp_forward(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return g * ctx.saved[0]
+        return ctx.device.binary("mul", g, ctx.saved[0])
 
 
 class Log(Function):
@@ -273,22 +286,21 @@ class Log(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return kernels.active.log_forward(x)
+        return ctx.device.kernels.log_forward(x)
 
     @staticmethod
     def backward(ctx, g):
-        return g / ctx.saved[0]
+        return ctx.device.binary("div", g, ctx.saved[0])
 
 
 # ---- reductions ------------------------------------------------------------------------------------------------------------
-def _expand(g, shape, axis, keepdims):
+def _expand(g, shape, axis, keepdims, dev):
     """Put the reduced axes back (size 1) so g broadcasts against the input shape."""
     if axis is None:
-        return g.reshape((1,) * len(shape))
+        return dev.reshape(g, (1,) * len(shape))
     if not keepdims:
-        axes = sorted(a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,)))
-        for a in axes:
-            g = np.expand_dims(g, a)
+        axes = {a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,))}
+        return dev.reshape(g, tuple(1 if k in axes else n for k, n in enumerate(shape)))
     return g
 
 
@@ -298,12 +310,12 @@ class Sum(Function):
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         ctx.save_for_backward(x.shape, axis, keepdims)
-        return np.asarray(x.sum(axis=axis, keepdims=keepdims))
+        return ctx.device.reduce("sum", x, axis, keepdims)
 
     @staticmethod
     def backward(ctx, g):
         shape, axis, keepdims = ctx.saved
-        return np.broadcast_to(_expand(g, shape, axis, keepdims), shape).copy()
+        return ctx.device.broadcast_to(_expand(g, shape, axis, keepdims, ctx.device), shape)
 
 
 class Mean(Function):
@@ -311,14 +323,15 @@ class Mean(Function):
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        y = np.asarray(x.mean(axis=axis, keepdims=keepdims))
+        y = ctx.device.reduce("mean", x, axis, keepdims)
         ctx.save_for_backward(x.shape, axis, keepdims, x.size // max(y.size, 1))
         return y
 
     @staticmethod
     def backward(ctx, g):
         shape, axis, keepdims, n = ctx.saved
-        return np.broadcast_to(_expand(g, shape, axis, keepdims) / n, shape).copy()
+        dev = ctx.device
+        return dev.broadcast_to(dev.binary("div", _expand(g, shape, axis, keepdims, dev), n), shape)
 
 
 # ---- shapes -------------------------------------------------------------------------------------------------------------------
@@ -328,11 +341,11 @@ class Reshape(Function):
     @staticmethod
     def forward(ctx, x, shape):
         ctx.save_for_backward(x.shape)
-        return x.reshape(shape)
+        return ctx.device.reshape(x, shape)
 
     @staticmethod
     def backward(ctx, g):
-        return g.reshape(ctx.saved[0])
+        return ctx.device.reshape(g, ctx.saved[0])
 
 
 class Transpose(Function):
@@ -340,14 +353,17 @@ class Transpose(Function):
 
     @staticmethod
     def forward(ctx, x, axes=None):
-        axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
-        y = np.transpose(x, axes)  # validates axes first
-        ctx.save_for_backward(np.argsort([a % x.ndim for a in axes]))  # negative axes count from the end
+        ndim = len(x.shape)
+        axes = tuple(reversed(range(ndim))) if axes is None else tuple(axes)
+        if ctx.device is not CPU and sorted(a % ndim if -ndim <= a < ndim else a for a in axes) != list(range(ndim)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation of the {ndim} axes of shape {x.shape}")
+        y = ctx.device.transpose(x, axes)
+        ctx.save_for_backward(tuple(int(a) for a in np.argsort([a % ndim for a in axes])))  # negative: from the end
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return np.transpose(g, ctx.saved[0])
+        return ctx.device.transpose(g, ctx.saved[0])
 
 
 class Concat(Function):
@@ -356,12 +372,12 @@ class Concat(Function):
     @staticmethod
     def forward(ctx, *xs, axis=0):
         ctx.save_for_backward(axis, np.cumsum([x.shape[axis] for x in xs])[:-1])
-        return np.concatenate(xs, axis=axis)
+        return ctx.device.concatenate(xs, axis)
 
     @staticmethod
     def backward(ctx, g):
         axis, splits = ctx.saved
-        return tuple(np.split(g, splits, axis=axis))
+        return ctx.device.split(g, splits, axis)
 
 
 class GetItem(Function):
@@ -370,23 +386,51 @@ class GetItem(Function):
     @staticmethod
     def forward(ctx, x, index):
         ctx.save_for_backward(x.shape, index)
-        return np.asarray(x[index])
+        dev = ctx.device
+        if dev is CPU:
+            return np.asarray(x[index])
+        if _is_row_gather(index):
+            return dev.take(x, dev.from_host(np.asarray(index, dtype=np.int64)), 0)
+        return dev.slice_copy(x, _device_index(index, x.shape))
 
     @staticmethod
     def backward(ctx, g):
         shape, index = ctx.saved
-        dx = np.zeros(shape, dtype=g.dtype)
+        dev = ctx.device
+        dx = dev.zeros(shape, g.dtype)
         parts = index if isinstance(index, tuple) else (index,)
-        if all(isinstance(p, _BASIC_INDEX) for p in parts):
+        if dev is not CPU and _is_row_gather(index):
+            dev.scatter_add(dx, dev.from_host(np.asarray(index, dtype=np.int64)), g, 0)   # repeated rows add up
+        elif dev is not CPU:
+            dev.slice_add(dx, _device_index(index, shape), g)
+        elif all(isinstance(p, _BASIC_INDEX) for p in parts):
             dx[index] = g  # a basic index never repeats an element
         else:
             np.add.at(dx, index, g)
         return dx
 
 
+def _is_row_gather(index):
+    """x[idx] with idx a 1-D array (or list) of integers: rows gathered along axis 0."""
+    return isinstance(index, (np.ndarray, list)) and np.asarray(index).ndim == 1 and np.asarray(index).dtype.kind in "iu"
+
+
+def _device_index(index, shape):
+    """A basic index as a device's slice_copy takes it: a tuple of slices and ints (Ellipsis expanded, no None)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(p, (int, np.integer, slice, type(Ellipsis))) for p in parts) or parts.count(Ellipsis) > 1:
+        raise NotImplementedError(f"getitem on a device: index {index!r} is not supported there; use slices and "
+                                  "integers, or one 1-D integer array of rows (x[idx]), or compute on the cpu")
+    if Ellipsis in parts:
+        k = parts.index(Ellipsis)
+        parts = parts[:k] + (slice(None),) * (len(shape) - len(parts) + 1) + parts[k + 1:]
+    return tuple(int(p) if isinstance(p, np.integer) else p for p in parts)
+
+
 # ---- losses ------------------------------------------------------------------------------------------------------------------
-def _check_finite_loss(op, loss, *inputs):
-    if not np.isfinite(loss):
+def _check_finite_loss(op, loss, *inputs, dev=CPU):
+    if not (np.isfinite(loss) if dev is CPU else dev.all_finite(loss)):
+        loss, inputs = dev.to_host(loss), [dev.to_host(x) for x in inputs]     # the error path only
         bad = ", ".join(f"input {k}: {int(np.size(x) - np.isfinite(x).sum())} non-finite of {np.size(x)}"
                         for k, x in enumerate(inputs))
         raise FloatingPointError(
@@ -402,15 +446,15 @@ class SoftmaxCrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, logits, labels):
-        loss, probs = kernels.active.softmax_xent_forward(logits, labels)
-        _check_finite_loss("cross_entropy", loss, logits)
+        loss, probs = ctx.device.kernels.softmax_xent_forward(logits, labels)
+        _check_finite_loss("cross_entropy", loss, logits, dev=ctx.device)
         ctx.save_for_backward(probs, labels)
         return loss
 
     @staticmethod
     def backward(ctx, g):
         probs, labels = ctx.saved
-        return kernels.active.softmax_xent_backward(probs, labels, g)
+        return ctx.device.kernels.softmax_xent_backward(probs, labels, g)
 
 
 class MSE(Function):
@@ -424,10 +468,11 @@ class MSE(Function):
 
     @staticmethod
     def forward(ctx, a, b, reduction="mean"):
-        loss = kernels.active.mse_forward(a, b)
+        dev = ctx.device
+        loss = dev.kernels.mse_forward(a, b)
         if reduction == "sum":
-            loss = np.asarray(loss * a.size, dtype=a.dtype)
-        _check_finite_loss("mse_loss", loss, a, b)
+            loss = np.asarray(loss * a.size, dtype=a.dtype) if dev is CPU else dev.binary("mul", loss, a.size)
+        _check_finite_loss("mse_loss", loss, a, b, dev=dev)
         ctx.save_for_backward(a, b)
         ctx.scale = a.size if reduction == "sum" else 1
         return loss
@@ -435,17 +480,23 @@ class MSE(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        da = kernels.active.mse_backward(a, b, g * ctx.scale)
-        return da, (-da if ctx.needs_input_grad[1] else None)
+        dev = ctx.device
+        da = dev.kernels.mse_backward(a, b, g * ctx.scale if dev is CPU else dev.binary("mul", g, ctx.scale))
+        return da, (dev.unary("neg", da) if ctx.needs_input_grad[1] else None)
 
 
 # ---- batch normalisation -----------------------------------------------------------------------------------------------------
-def _update_running_stats(running_mean, running_var, mu, var, n, momentum):
+def _update_running_stats(running_mean, running_var, mu, var, n, momentum, dev=CPU):
     """In place: running <- (1 - momentum) running + momentum batch, the variance with Bessel's factor n / (n - 1)."""
-    running_mean *= 1 - momentum
-    running_mean += momentum * mu
-    running_var *= 1 - momentum
-    running_var += (momentum * n / max(n - 1, 1)) * var
+    if dev is CPU:
+        running_mean *= 1 - momentum
+        running_mean += momentum * mu
+        running_var *= 1 - momentum
+        running_var += (momentum * n / max(n - 1, 1)) * var
+        return
+    for running, batch, factor in ((running_mean, mu, momentum), (running_var, var, momentum * n / max(n - 1, 1))):
+        kept = dev.binary("mul", running, 1 - momentum)
+        dev.assign(running, dev.binary("add", kept, dev.binary("mul", batch, factor)))
 
 
 class BatchNorm(Function):
@@ -462,29 +513,30 @@ class BatchNorm(Function):
     def forward(ctx, x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
         eps = x.dtype.type(eps)
         if training:
-            y, xhat, mu, var, invstd = kernels.active.batchnorm_train_forward(x, gamma, beta, eps)
+            y, xhat, mu, var, invstd = ctx.device.kernels.batchnorm_train_forward(x, gamma, beta, eps)
             if running_mean is not None:
-                _update_running_stats(running_mean, running_var, mu, var, x.shape[0], momentum)
+                _update_running_stats(running_mean, running_var, mu, var, x.shape[0], momentum, ctx.device)
             ctx.save_for_backward(True, xhat, gamma, invstd)
             return y
         ctx.save_for_backward(False, x, gamma, running_mean, running_var, eps)
-        return kernels.active.batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps)
+        return ctx.device.kernels.batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps)
 
     @staticmethod
     def backward(ctx, g):
         need = ctx.needs_input_grad
         if ctx.saved[0]:
             _, xhat, gamma, invstd = ctx.saved
-            return kernels.active.batchnorm_backward(g, xhat, gamma, invstd, need[0])
-        return _batchnorm_eval_backward(g, *ctx.saved[1:])
+            return ctx.device.kernels.batchnorm_backward(g, xhat, gamma, invstd, need[0])
+        return _batchnorm_eval_backward(ctx.device, g, *ctx.saved[1:])
 
 
-def _batchnorm_eval_backward(g, x, gamma, mean, var, eps):
+def _batchnorm_eval_backward(dev, g, x, gamma, mean, var, eps):
     """Eval mode is the affine map y = gamma (x - mean) invstd + beta: dx = g gamma invstd, dgamma = sum_n g xhat,
     dbeta = sum_n g."""
-    invstd = 1 / np.sqrt(var + eps)
-    xhat = (x - mean) * invstd
-    return g * (gamma * invstd), (g * xhat).sum(axis=0), g.sum(axis=0)
+    invstd = dev.binary("div", 1, dev.unary("sqrt", dev.binary("add", var, eps)))
+    xhat = dev.binary("mul", dev.binary("sub", x, mean), invstd)
+    return (dev.binary("mul", g, dev.binary("mul", gamma, invstd)), dev.reduce("sum", dev.binary("mul", g, xhat), 0),
+            dev.reduce("sum", g, 0))
 
 
 # ---- fused layers: the same math as two ops in a row, one pass fewer over the (N, C) activations --------------------
@@ -498,7 +550,7 @@ class LinearReLU(Function):
 
     @staticmethod
     def forward(ctx, x, W, b=None):
-        y = kernels.active.linear_relu_forward(x, W, b)
+        y = ctx.device.kernels.linear_relu_forward(x, W, b)
         ctx.save_for_backward(x, W, y)
         return y
 
@@ -506,7 +558,7 @@ class LinearReLU(Function):
     def backward(ctx, g):
         x, W, y = ctx.saved
         need = ctx.needs_input_grad
-        dx, dW, db = kernels.active.linear_relu_backward(x, W, y, g, need[0], need[1], len(need) > 2 and need[2])
+        dx, dW, db = ctx.device.kernels.linear_relu_backward(x, W, y, g, need[0], need[1], len(need) > 2 and need[2])
         return (dx, dW, db) if len(need) > 2 else (dx, dW)
 
 
@@ -524,13 +576,13 @@ class BatchNormReLU(Function):
     def forward(ctx, x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
         eps = x.dtype.type(eps)
         if not training:
-            y = kernels.active.relu_forward(kernels.active.batchnorm_eval_forward(x, gamma, beta, running_mean,
+            y = ctx.device.kernels.relu_forward(ctx.device.kernels.batchnorm_eval_forward(x, gamma, beta, running_mean,
                                                                                   running_var, eps))
             ctx.save_for_backward(False, y, x, gamma, running_mean, running_var, eps)
             return y
-        y, mu, var, invstd = kernels.active.batchnorm_relu_train_forward(x, gamma, beta, eps)
+        y, mu, var, invstd = ctx.device.kernels.batchnorm_relu_train_forward(x, gamma, beta, eps)
         if running_mean is not None:
-            _update_running_stats(running_mean, running_var, mu, var, x.shape[0], momentum)
+            _update_running_stats(running_mean, running_var, mu, var, x.shape[0], momentum, ctx.device)
         ctx.save_for_backward(True, x, y, mu, gamma, invstd)   # x, not xhat: the kernels recompute xhat from it
         return y
 
@@ -538,9 +590,9 @@ class BatchNormReLU(Function):
     def backward(ctx, g):
         if ctx.saved[0]:
             _, x, y, mu, gamma, invstd = ctx.saved
-            return kernels.active.batchnorm_relu_backward(g, x, y, mu, gamma, invstd, ctx.needs_input_grad[0])
+            return ctx.device.kernels.batchnorm_relu_backward(g, x, y, mu, gamma, invstd, ctx.needs_input_grad[0])
         _, y, *eval_saved = ctx.saved
-        return _batchnorm_eval_backward(kernels.active.relu_backward(y, g), *eval_saved)
+        return _batchnorm_eval_backward(ctx.device, ctx.device.kernels.relu_backward(y, g), *eval_saved)
 
 
 # ==== the public functional API ==================================================================================================
@@ -653,7 +705,10 @@ def mean(x, axis=None, keepdims=False):
 def reshape(x, shape):
     x = _one(x)
     try:
-        x.data.reshape(shape)  # a view: checks the shape without copying
+        if x.device is CPU:
+            x.data.reshape(shape)  # a view: checks the shape without copying
+        else:
+            shape = _resolve_shape(shape, x.size, "reshape")
     except ValueError:
         raise ValueError(f"reshape: cannot reshape {x.shape} ({x.size} elements) into {tuple(shape)}") from None
     return Reshape.apply(x, shape=tuple(shape))
@@ -684,7 +739,9 @@ def getitem(x, index):
 
 
 def _labels(op, logits, labels):
-    labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
+    """Checked int64 labels on the host, one per row of logits, each in [0, classes)."""
+    labels = labels.data if isinstance(labels, Tensor) else labels
+    labels = np.asarray(labels) if device_of(labels, CPU) is CPU else device_of(labels).to_host(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers (class indices), got dtype {labels.dtype}")
     n, c = logits.shape
@@ -700,7 +757,10 @@ def cross_entropy(logits, labels):
     """Mean softmax cross-entropy of logits (N, C) against integer labels (N,) in [0, C)."""
     logits = _one(logits)
     _need_2d("cross_entropy", "logits", logits, 2)
-    return SoftmaxCrossEntropy.apply(logits, labels=_labels("cross_entropy", logits, labels))
+    labels = _labels("cross_entropy", logits, labels)
+    if logits.device is not CPU:
+        labels = logits.device.from_host(labels)           # the labels go where the logits are
+    return SoftmaxCrossEntropy.apply(logits, labels=labels)
 
 
 def mse_loss(a, b, reduction="mean"):
@@ -725,7 +785,7 @@ def _check_batch_norm(op, x, gamma, beta, running_mean, running_var, training):
                          f"{beta.shape} must be ({c},)")
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         # updated in place and read by the kernels without bounds checks: shape and dtype must be exact
-        if stat is not None and (not isinstance(stat, np.ndarray) or stat.shape != (c,) or stat.dtype != x.dtype):
+        if stat is not None and (device_of(stat) is not x.device or stat.shape != (c,) or stat.dtype != x.dtype):
             raise ValueError(f"{op}: {name} must be a {x.dtype} array of shape ({c},) for x of shape "
                              f"{x.shape}; got {getattr(stat, 'dtype', type(stat).__name__)} "
                              f"{getattr(stat, 'shape', '')}")
@@ -770,14 +830,14 @@ class Conv2d(Function):
     @staticmethod
     def forward(ctx, x, W, b=None, stride=(1, 1), padding=(0, 0)):
         ctx.save_for_backward(x, W, stride, padding)
-        return kernels.active.conv2d_forward(x, W, b, stride, padding)
+        return ctx.device.kernels.conv2d_forward(x, W, b, stride, padding)
 
     @staticmethod
     def backward(ctx, g):
         x, W, stride, padding = ctx.saved
         need = ctx.needs_input_grad
         has_b = len(need) > 2
-        dx, dW, db = kernels.active.conv2d_backward(x, W, g, stride, padding, need[0], need[1], has_b and need[2])
+        dx, dW, db = ctx.device.kernels.conv2d_backward(x, W, g, stride, padding, need[0], need[1], has_b and need[2])
         return (dx, dW, db) if has_b else (dx, dW)
 
 
@@ -793,14 +853,14 @@ class MaxPool2d(Function):
 
     @staticmethod
     def forward(ctx, x, kernel=(2, 2), stride=(2, 2)):
-        y, argmax = kernels.active.maxpool2d_forward(x, kernel, stride)
+        y, argmax = ctx.device.kernels.maxpool2d_forward(x, kernel, stride)
         ctx.save_for_backward(argmax, x.shape, kernel, stride)
         return y
 
     @staticmethod
     def backward(ctx, g):
         argmax, x_shape, kernel, stride = ctx.saved
-        return kernels.active.maxpool2d_backward(g, argmax, x_shape, kernel, stride)
+        return ctx.device.kernels.maxpool2d_backward(g, argmax, x_shape, kernel, stride)
 
 
 class AvgPool2d(Function):
@@ -816,12 +876,12 @@ class AvgPool2d(Function):
     @staticmethod
     def forward(ctx, x, kernel=(2, 2), stride=(2, 2)):
         ctx.save_for_backward(x.shape, kernel, stride)
-        return kernels.active.avgpool2d_forward(x, kernel, stride)
+        return ctx.device.kernels.avgpool2d_forward(x, kernel, stride)
 
     @staticmethod
     def backward(ctx, g):
         x_shape, kernel, stride = ctx.saved
-        return kernels.active.avgpool2d_backward(g, x_shape, kernel, stride)
+        return ctx.device.kernels.avgpool2d_backward(g, x_shape, kernel, stride)
 
 
 def _int_pair(op, name, value, minimum):
@@ -993,7 +1053,7 @@ class LSTMCell(Function):
         B, H = c.shape
         packed = np.empty((2, B, H), dtype=c.dtype)
         gates = np.empty((B, 4 * H), dtype=c.dtype)
-        kernels.active.lstm_gates_forward(np.matmul(x, W_x), np.matmul(h, W_h), b, c, out=(packed[0], packed[1], gates))
+        ctx.device.kernels.lstm_gates_forward(np.matmul(x, W_x), np.matmul(h, W_h), b, c, out=(packed[0], packed[1], gates))
         ctx.save_for_backward(x, h, c, W_x, W_h, gates, packed[1], slot)
         return packed
 
@@ -1002,12 +1062,12 @@ class LSTMCell(Function):
         x, h, c, W_x, W_h, gates, c_new, slot = ctx.saved
         slot.array = None  # g is that buffer: this backward consumes it
         need = ctx.needs_input_grad
-        dz, dc = kernels.active.lstm_gates_backward(gates, c, c_new, g[0], g[1])
+        dz, dc = ctx.device.kernels.lstm_gates_backward(gates, c, c_new, g[0], g[1])
         dx = np.matmul(dz, W_x.T) if need[0] else None
         dh = np.matmul(dz, W_h.T) if need[1] else None
         dW_x = np.matmul(x.T, dz) if need[3] else None
         dW_h = np.matmul(h.T, dz) if need[4] else None
-        db = kernels.active.sum_rows(dz) if need[5] else None
+        db = ctx.device.kernels.sum_rows(dz) if need[5] else None
         return dx, dh, (dc if need[2] else None), dW_x, dW_h, db
 
 
@@ -1036,7 +1096,7 @@ class LSTMSequence(Function):
         zh = _scratch_array("lstm_zh", (B, 4 * H), h0.dtype)
         for t in range(T):
             np.matmul(hs[t], W_h, out=zh)
-            kernels.active.lstm_gates_forward(zx[t], zh, b, cs[t], out=(hs[t + 1], cs[t + 1], gates[t]))
+            ctx.device.kernels.lstm_gates_forward(zx[t], zh, b, cs[t], out=(hs[t + 1], cs[t + 1], gates[t]))
         hs[T + 1] = cs[T]
         ctx.save_for_backward(x, W_x, W_h, hs, cs, gates, slot)
         return hs[1:]
@@ -1055,20 +1115,23 @@ class LSTMSequence(Function):
             dh = g[t]
             if t < T - 1:
                 dh += dh_back
-            kernels.active.lstm_gates_backward(gates[t], cs[t], cs[t + 1], dh, dc, out=(dZ[t], dc))   # dc in place
+            ctx.device.kernels.lstm_gates_backward(gates[t], cs[t], cs[t + 1], dh, dc, out=(dZ[t], dc))   # dc in place
             if t > 0 or need[1]:
                 np.matmul(dZ[t], W_h.T, out=dh_back)
         dZ = dZ.reshape(T * B, 4 * H)
         dx = np.matmul(dZ, W_x.T).reshape(T, B, I) if need[0] else None
         dW_x = np.matmul(x.reshape(T * B, I).T, dZ) if need[3] else None
         dW_h = np.matmul(hs[:T].reshape(T * B, H).T, dZ) if need[4] else None
-        db = kernels.active.sum_rows(dZ) if need[5] else None
+        db = ctx.device.kernels.sum_rows(dZ) if need[5] else None
         return dx, (dh_back if need[1] else None), (dc if need[2] else None), dW_x, dW_h, db
 
 
 def _check_lstm(op, x, h, c, W_x, W_h, b, x_dims):
     """The checked tensors of an LSTM op; x is (B, I) for a step (x_dims 2) or (T, B, I) for a window (x_dims 3)."""
     x = _one(x)
+    if x.device is not CPU:
+        raise NotImplementedError(f"{op}: the LSTM ops run on the cpu only (x is on {x.device.name}); the GPU backend "
+                                  "has no LSTM yet. Train the recurrent experiments with --device cpu")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
     names = ("h", "c", "W_x", "W_h", "b")

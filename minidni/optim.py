@@ -7,13 +7,16 @@
 step counts and moment buffers, so a resumed run continues bit-identically. A parameter whose `grad` is None is
 skipped by `step()`: nothing about it changes, and Adam counts steps PER PARAMETER for its bias correction, as
 torch.optim.Adam does (`steps[k]` is how many updates parameter k has had; `t` counts calls to step()).
+The state (momentum buffers, Adam's moments) lives where its parameter lives: built on the parameters' device, and
+moved with them -- `step()` moves a buffer whose parameter went to another device (`model.to("cuda")`), and
+`optimizer.to(device)` does it at once. state_dict() holds NumPy arrays on the host, from any device.
 Jaderberg et al. 2016 train every feed-forward model (and the synthesizers) with Adam (Sec. 3.3, appendix A).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .device import CPU, device_of, get_device
 
 
 class _Cast:
@@ -29,6 +32,12 @@ class _Cast:
         return out
 
 
+def _zeros_like(array):
+    """Zeros of array's shape and dtype, on array's device."""
+    dev = device_of(array, CPU)
+    return np.zeros_like(array) if dev is CPU else dev.zeros(array.shape, array.dtype)
+
+
 class Optimizer:
     def __init__(self, params, lr):
         params = list(params)
@@ -37,7 +46,7 @@ class Optimizer:
         for k, p in enumerate(params):
             if not getattr(p, "requires_grad", False):
                 raise TypeError(f"{type(self).__name__}: parameter {k} ({type(p).__name__}) does not require grad")
-            if not p.data.flags.c_contiguous:
+            if not device_of(p.data, CPU).is_contiguous(p.data):
                 raise ValueError(f"{type(self).__name__}: parameter {k} is not contiguous; updates are in place")
         if lr < 0:
             raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
@@ -46,6 +55,24 @@ class Optimizer:
     def zero_grad(self):
         for p in self.params:
             p.grad = None
+
+    def to(self, device):
+        """Move the state buffers to `device` (where the parameters should be too); returns self."""
+        dev = get_device(device)
+        for bufs in self._buffers().values():
+            for k, b in enumerate(bufs):
+                if device_of(b, CPU) is not dev:
+                    bufs[k] = dev.from_host(device_of(b, CPU).to_host(b))
+        return self
+
+    def _placed(self, k, p):
+        """(device of parameter k, its buffers), the buffers moved first if the parameter moved since."""
+        dev = device_of(p.data, CPU)
+        bufs = self._buffers()
+        for name, lst in bufs.items():
+            if device_of(lst[k], CPU) is not dev:
+                lst[k] = dev.from_host(device_of(lst[k], CPU).to_host(lst[k]))
+        return dev, [lst[k] for lst in bufs.values()]
 
     def step(self):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,7 +84,7 @@ class Optimizer:
         state = {"t": np.asarray(self.t), "lr": np.asarray(self.lr)}
         for name, bufs in self._buffers().items():
             for k, b in enumerate(bufs):
-                state[f"{name}.{k}"] = b.copy()
+                state[f"{name}.{k}"] = b.copy() if device_of(b, CPU) is CPU else device_of(b).host_copy(b)
         return state
 
     def load_state_dict(self, state):
@@ -74,7 +101,7 @@ class Optimizer:
                                  f"{b.dtype} here, but the state holds shape {value.shape}, dtype {value.dtype}")
         self.t, self.lr = int(state["t"]), float(state["lr"])
         for key, b in own.items():
-            np.copyto(b, state[key])
+            device_of(b, CPU).copy_from_host(b, state[key])
 
 
 class SGD(Optimizer):
@@ -85,7 +112,7 @@ class SGD(Optimizer):
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
-        self.buf = [np.zeros_like(p.data) for p in self.params]
+        self.buf = [_zeros_like(p.data) for p in self.params]
 
     def _buffers(self):
         return {"buf": self.buf}
@@ -93,10 +120,11 @@ class SGD(Optimizer):
     def step(self):
         self.t += 1
         hyper = _Cast(self.lr, self.momentum, self.weight_decay)
-        for p, buf in zip(self.params, self.buf):
+        for k, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            kernels.active.sgd_step_(p.data, p.grad, buf, *hyper(p.data.dtype), self.nesterov)
+            dev, (buf,) = self._placed(k, p)
+            dev.kernels.sgd_step_(p.data, p.grad, buf, *hyper(p.data.dtype), self.nesterov)
 
 
 class Adam(Optimizer):
@@ -116,8 +144,8 @@ class Adam(Optimizer):
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
-        self.m = [np.zeros_like(p.data) for p in self.params]
-        self.v = [np.zeros_like(p.data) for p in self.params]
+        self.m = [_zeros_like(p.data) for p in self.params]
+        self.v = [_zeros_like(p.data) for p in self.params]
         self.steps = [0] * len(self.params)
 
     def _buffers(self):
@@ -142,12 +170,13 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         hyper = _Cast(self.lr, b1, b2, self.eps, self.weight_decay)
         bias = {}                                      # (n, dtype) -> (1 - b1^n, 1 - b2^n) in that dtype
-        for k, (p, m, v) in enumerate(zip(self.params, self.m, self.v)):
+        for k, p in enumerate(self.params):
             if p.grad is None:                         # skipped: its step count does not advance
                 continue
+            dev, (m, v) = self._placed(k, p)
             self.steps[k] = n = self.steps[k] + 1
             dtype = p.data.dtype
             if (n, dtype) not in bias:
                 bias[n, dtype] = (dtype.type(1 - b1 ** n), dtype.type(1 - b2 ** n))
             lr, beta1, beta2, eps, weight_decay = hyper(dtype)
-            kernels.active.adam_step_(p.data, p.grad, m, v, lr, beta1, beta2, eps, *bias[n, dtype], weight_decay)
+            dev.kernels.adam_step_(p.data, p.grad, m, v, lr, beta1, beta2, eps, *bias[n, dtype], weight_decay)

@@ -9,17 +9,24 @@ Dtypes: Python numbers and lists become float32; a NumPy float32 or float64 arra
 gradient checks); integer arrays stay integer (labels) and can never require a gradient. Ops refuse to mix float32
 and float64 silently -- convert explicitly with `.astype()`. Anything that is not a real number (None, strings,
 complex values: an object, str or complex array) is refused with a TypeError rather than turned into nan or 0.
+
+Devices (`minidni.device`): `t.device` is where `data` lives -- cpu (a NumPy array) or cuda (a numba.cuda device
+array); `t.to("cuda")` copies it there. Every op runs on its inputs' device and refuses inputs from two devices.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import autograd
+from .device import CPU, device_of, get_device
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_array(data, dtype):
+    dev = device_of(data)
+    if dev is not None and dev is not CPU:  # an array on a device stays there
+        return data if dtype is None or np.dtype(dtype) == data.dtype else dev.cast(data, dtype)
     arr = data if isinstance(data, np.ndarray) else np.asarray(data)
     if arr.dtype.kind not in "fiub":  # refuse None -> nan, "1" -> 1.0, 1+2j -> 1.0 rather than guess
         odd = [v for v in arr.flat if not isinstance(v, (int, float, np.number)) or isinstance(v, complex)][:1]
@@ -114,13 +121,36 @@ class Tensor:
         return self.data.size
 
     def __len__(self):
-        return len(self.data)
+        return len(self.data) if self.device is CPU else self.data.shape[0]
 
     def numpy(self):
-        return self.data
+        """The data as a NumPy array: the array itself on the cpu, a host copy from a device."""
+        return self.device.to_host(self.data)
 
     def item(self):
-        return self.data.item()
+        return self.numpy().item()
+
+    @property
+    def device(self):
+        """The Device holding `data` (minidni.device): cpu for a NumPy array."""
+        return device_of(self.data, CPU)
+
+    def to(self, device):
+        """This tensor on `device` ('cpu', 'cuda' or a Device): itself if it is there already, else a copy (a leaf
+        with the same requires_grad, name and, moved too, grad). Only leaves move: a result inside a graph would
+        lose its gradient path, so move the inputs (or the model, `model.to(device)`) before computing."""
+        dev, here = get_device(device), self.device
+        if dev is here:
+            return self
+        if self._ctx is not None:
+            raise RuntimeError(f"Tensor.to({dev.name!r}): this tensor is the result of {self.op} on {here.name}; "
+                               "only leaves move between devices. Move the inputs or the model before computing "
+                               "(or move t.detach())")
+        moved = Tensor._wrap(dev.from_host(here.to_host(self.data)), self.requires_grad, None)
+        moved.name = self.name
+        if self.grad is not None:
+            moved.grad = dev.from_host(here.to_host(self.grad))
+        return moved
 
     def astype(self, dtype):
         from . import ops
@@ -130,8 +160,9 @@ class Tensor:
     def __repr__(self):
         extra = f", op={self.op}" if self._ctx is not None else (", requires_grad=True" if self.requires_grad else "")
         name = f", name={self.name!r}" if self.name else ""
-        body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2)
-        return f"Tensor({body}, dtype={self.data.dtype}{extra}{name})"
+        body = np.array2string(self.numpy(), precision=4, threshold=20, edgeitems=2)
+        where = f", device={self.device.name}" if self.device is not CPU else ""
+        return f"Tensor({body}, dtype={self.data.dtype}{where}{extra}{name})"
 
     # ---- operators: all defined in ops.py ---------------------------------------------------------------------
     def __add__(self, other):

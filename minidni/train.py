@@ -54,6 +54,8 @@ import numpy as np
 from . import kernels, nn, ops
 from .autograd import no_grad
 from .config import to_toml
+from .device import CPU, device_of, get_device
+from .device import count_correct as _count_correct
 from .progress import Progress, is_nested, show_bar
 from .tensor import Tensor
 
@@ -163,8 +165,9 @@ class CheckpointError(ValueError):
 
 # ---- the ordinary learner ----------------------------------------------------------------------------------------------------------------
 def count_correct(logits, labels):
-    """How many rows of logits (B, classes) put their largest value on the right label (B,)."""
-    return int((logits.argmax(axis=1) == labels).sum())
+    """How many rows of logits (B, classes) put their largest value on the right label (B,); on a device only this
+    count comes back to the host."""
+    return _count_correct(logits, labels)
 
 
 class Backprop:
@@ -173,9 +176,20 @@ class Backprop:
     def __init__(self, model, optimizer, loss=ops.cross_entropy):
         self.model, self.optimizer, self.loss = model, optimizer, loss
 
+    @property
+    def device(self):
+        """Where the model's parameters are: the batches go there (only the logged numbers come back)."""
+        return device_of(self.optimizer.params[0].data, CPU)
+
+    def to(self, device):
+        """Move the model and the optimizer's state to `device`; returns self."""
+        self.model.to(device)
+        self.optimizer.to(device)
+        return self
+
     def train_step(self, x, y):
         self.model.train()
-        logits = self.model(Tensor(x))                # (B, classes)
+        logits = self.model(Tensor(x).to(self.device))  # (B, classes)
         loss = self.loss(logits, y)
         self.optimizer.zero_grad()
         loss.backward()                               # every layer waits for this: the update lock
@@ -185,7 +199,7 @@ class Backprop:
     @no_grad()
     def eval_step(self, x, y):
         self.model.eval()                             # batch norm uses its running statistics
-        logits = self.model(Tensor(x))
+        logits = self.model(Tensor(x).to(self.device))
         return {"loss": self.loss(logits, y).item(), "correct": count_correct(logits.data, y)}
 
     def set_lr(self, lr):
@@ -507,6 +521,7 @@ class Trainer:
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with kernels.use_backend(self.config.backend), GracefulInterrupt(self._say) as interrupt:
+            self._place_learner()
             if resume:
                 self.load_checkpoint()
             else:
@@ -537,6 +552,15 @@ class Trainer:
                 raise
             finally:
                 self._bar.close()
+
+    def _place_learner(self):
+        """Move the learner to config.device (cpu unless the config says otherwise) before the first step."""
+        device = get_device(getattr(self.config, "device", "cpu"))
+        if hasattr(self.learner, "to"):
+            self.learner.to(device)
+        elif device is not CPU:
+            raise ValueError(f"Trainer: the learner {type(self.learner).__name__} has no to(device), so it cannot "
+                             f"train on {device.name}; use device = \"cpu\"")
 
     def _write_diverged(self):
         """summary.json of a stopped run: status "diverged", where and why; checkpoint.npz stays the last good one."""
@@ -599,6 +623,7 @@ class Trainer:
             if self.totals["train_time_s"] else None,
             "num_parameters": int(sum(p.size for p in self.learner.parameters())),
             "backend": kernels.get_backend(),
+            "device": getattr(self.config, "device", "cpu"),
             "versions": versions(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),

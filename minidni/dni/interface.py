@@ -44,6 +44,7 @@ import numpy as np
 
 from .. import ops
 from ..autograd import no_grad
+from ..device import CPU, device_of
 from ..tensor import Tensor
 from .synthesizer import Oracle
 
@@ -151,6 +152,7 @@ def update_from_loss(module, optimizer, inp, loss):
 
 def gradient_agreement(synthetic, true):
     """How well g_hat matches g: cosine similarity and relative error ||g_hat - g|| / ||g|| (over the whole batch)."""
+    synthetic, true = (device_of(a, CPU).to_host(a) for a in (synthetic, true))    # a diagnostic: on the host
     s, t = np.asarray(synthetic, dtype=np.float64).ravel(), np.asarray(true, dtype=np.float64).ravel()
     ns, nt = np.linalg.norm(s), np.linalg.norm(t)
     return {"cos": float(s @ t / (ns * nt)) if ns > 0 and nt > 0 else 0.0,

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import nn, ops
 from ..autograd import no_grad
+from ..device import CPU, count_correct, device_of, get_device
 from ..optim import Adam
 from ..tensor import Tensor
 from .interface import Interface
@@ -142,7 +143,7 @@ class DNINet:
 
     def forward(self, x):
         """logits = f_{n-1}(... f_0(x)): the ordinary forward pass through every module."""
-        h = x if isinstance(x, Tensor) else Tensor(x)
+        h = x if isinstance(x, Tensor) else Tensor(x).to(self.device)
         for m in self.modules:
             h = m(h)
         return h
@@ -167,14 +168,14 @@ class DNINet:
         running statistics of the modules above are restored, and their parameter gradients cleared.
         """
         above = self.modules[i + 1:]
-        saved = [(buf, buf.copy()) for m in above for _, buf in m.named_buffers()]
+        saved = [(buf, device_of(buf, CPU).copy(buf)) for m in above for _, buf in m.named_buffers()]
         inp = Tensor(h, requires_grad=True)
         out = inp
         for m in above:
             out = m(out)
         self.loss(out, y).backward()
         for buf, copy in saved:
-            np.copyto(buf, copy)
+            device_of(buf, CPU).assign(buf, copy)
         for m in above:
             m.zero_grad()
         assert inp.grad.shape == h.shape
@@ -214,7 +215,7 @@ class DNINet:
         """Loss and correct count of the whole net on (x, y), batch norm on its running statistics; no update."""
         self.eval()
         logits = self.forward(x)
-        out = {"loss": self.loss(logits, y).item(), "correct": int((logits.data.argmax(axis=1) == y).sum())}
+        out = {"loss": self.loss(logits, y).item(), "correct": count_correct(logits.data, y)}
         self.train()
         return out
 
@@ -259,6 +260,22 @@ class DNINet:
         return ([(f"module{i}", m) for i, m in enumerate(self.modules)]
                 + [(f"synth{i}", s) for i, s in enumerate(self.synthesizers)]
                 + [(f"input{j}", im.model) for j, im in enumerate(self.inputs or []) if im is not None])
+
+    @property
+    def device(self):
+        """The device of the modules' parameters (minidni.device): where train_step computes."""
+        return self.modules[0].device
+
+    def to(self, device):
+        """Move every part (modules, synthesizers, synthetic-input models) and every optimizer's state to `device`."""
+        dev = get_device(device)
+        for _, part in self.named_parts():
+            part.to(dev)
+        for _, _, opt in self._optimizers():
+            opt.to(dev)
+        for itf in self.interfaces:
+            itf.forget()                              # a kept prediction holds arrays of the old device
+        return self
 
     def state_dict(self):
         """{name: array}: parameters, buffers, optimizer states and the batch counter (exact resumption).

@@ -79,7 +79,7 @@ class Synthesizer(nn.Module):
         if self.conditioned:
             if y is None:
                 raise ValueError("Synthesizer: this is a conditioned (cDNI) synthesizer; pass the labels y too")
-            x = ops.concat([h, Tensor(one_hot(y, self.n_classes, h.dtype))], axis=1)   # (B, D + C)
+            x = ops.concat([h, Tensor(one_hot(y, self.n_classes, h.dtype)).to(h.device)], axis=1)   # (B, D + C)
         g_hat = self.net(x)                                                             # (B, D)
         return g_hat * self.scale if self.scale != 1.0 else g_hat
 
@@ -142,7 +142,7 @@ class ConvSynthesizer(nn.Module):
             n, _, height, width = h.shape
             planes = np.broadcast_to(one_hot(y, self.n_classes, h.dtype)[:, :, None, None],
                                      (n, self.n_classes, height, width))                  # (B, classes, H, W)
-            x = ops.concat([h, Tensor(np.ascontiguousarray(planes))], axis=1)
+            x = ops.concat([h, Tensor(np.ascontiguousarray(planes)).to(h.device)], axis=1)
         g_hat = self.net(x)                                                              # (B, C, H, W)
         return g_hat * self.scale if self.scale != 1.0 else g_hat
 

@@ -56,7 +56,7 @@ class OutputLayerOnly(Backprop):
     def train_step(self, x, y):
         self.model.train()
         with no_grad():
-            h = self.features(Tensor(x)).data                 # (B, D): random, fixed features
+            h = self.features(Tensor(x).to(self.device)).data   # (B, D): random, fixed features
         logits = self.head(Tensor(h))                          # only this layer is in the graph
         loss = self.loss(logits, y)
         self.optimizer.zero_grad()
