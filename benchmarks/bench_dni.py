@@ -348,14 +348,7 @@ def worker():
         """Feed n more batches, running events as they become ready: Runner.run's loop without its final drain, so
         a pipeline stays full from one sample to the next (step() would also re-enter the BLAS limit and walk the
         modules for train mode once per event)."""
-        from minidni.dni.runner import blas_threads_limit
-
-        target = runner.n_fed + n
-        with blas_threads_limit(runner.blas_threads):
-            while runner.n_fed < target:
-                while runner._advance(runner._bound()) is not None:
-                    pass
-                runner._feed_from_source()
+        runner.advance(n)
 
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -36,6 +36,7 @@ import warnings
 
 import numpy as np
 
+from ..device import CPU, count_correct
 from ..tensor import Tensor
 from .interface import gradient_agreement, update_from_gradient, update_from_loss
 from .schedules import key_str
@@ -109,7 +110,11 @@ class Runner:
         """
         b = self.n_fed
         events = self.schedule.batch_events(b, self.n_modules, self.target)
-        self.store[("batch", b)] = (np.array(x), np.array(y)) if copy else (x, y)
+        x, y = (np.array(x), np.array(y)) if copy else (x, y)
+        device = getattr(self.net, "device", CPU)
+        if device is not CPU:                         # the inputs go to the net's device once; labels stay here
+            x = device.from_host(np.asarray(x))
+        self.store[("batch", b)] = (x, y)
         for e in events:
             for k in e.reads:
                 self._refs[k] = self._refs.get(k, 0) + 1
@@ -174,6 +179,18 @@ class Runner:
                     break
                 fed += 1
         return self.flush()
+
+    def advance(self, n_batches):
+        """Feed n_batches more batches, running events as they become ready, WITHOUT the final drain: a pipeline stays
+        full from one call to the next (benchmarks time its steady state this way; run(n) also drains)."""
+        target = self.n_fed + n_batches
+        with blas_threads_limit(self.blas_threads):
+            while self.n_fed < target:
+                while self._advance(self._bound()) is not None:
+                    pass
+                if not self._feed_from_source():
+                    break
+        return self
 
     def flush(self):
         """Run every queued event (the end of a run: batches in flight are finished)."""
@@ -241,7 +258,7 @@ class Runner:
             loss = self.net.loss(h, y)
             writes[("graph", i, b)] = (inp, h, loss)
             records.append(("loss", {"batch": b, "loss": loss.item(), "n": len(y),
-                                     "correct": int((h.data.argmax(axis=1) == y).sum())}))
+                                     "correct": count_correct(h.data, y)}))
 
     def _do_forward(self, event, read, writes, records):
         i, b = event.module, event.batch
@@ -332,6 +349,19 @@ class _Worker(threading.Thread):
                 self.outbox.put(exc)
 
 
+def reads_other_modules(net, diagnose_every):
+    """What in this set-up would make a module's worker read other modules (so no runner can give each worker only
+    its own): a list of reasons, empty when none."""
+    reasons = []
+    if net.target == "true":
+        reasons.append('target="true" (the target of M_i is computed through the modules above)')
+    if any(isinstance(s, Oracle) for s in net.synthesizers):
+        reasons.append("Oracle synthesizers (they run the modules above)")
+    if diagnose_every:
+        reasons.append("diagnostics (they compute true gradients through the modules above)")
+    return reasons
+
+
 class ConcurrentRunner(Runner):
     """Run each tick's events on one worker thread per module; bit-identical to a Runner on the same schedule.
 
@@ -344,13 +374,7 @@ class ConcurrentRunner(Runner):
 
     def __init__(self, net, schedule=None, batches=None, *, blas_threads=1, diagnose_every=0):
         super().__init__(net, schedule, batches, diagnose_every=diagnose_every, blas_threads=blas_threads)
-        reasons = []
-        if net.target == "true":
-            reasons.append('target="true" (the target of M_i is computed through the modules above)')
-        if any(isinstance(s, Oracle) for s in net.synthesizers):
-            reasons.append("Oracle synthesizers (they run the modules above)")
-        if diagnose_every:
-            reasons.append("diagnostics (they compute true gradients through the modules above)")
+        reasons = reads_other_modules(net, diagnose_every)
         if reasons:
             raise ValueError("ConcurrentRunner: a worker may only touch its own module, but " + "; ".join(reasons) +
                              " would read modules other workers are updating in the same tick. Use the sequential "

@@ -211,9 +211,13 @@ def run_async(config, out_dir, *, resume=False, quiet=False, hooks=()):
 @dataclass
 class PipelineConfig(CdniFcnConfig):
     conditioned: bool = param(True, "cDNI synthesizers (the label as input)")
-    runner: str = param("sequential", "'sequential' (dni.Runner, with diagnostics) or 'concurrent' "
-                                      "(dni.ConcurrentRunner: a worker thread per layer, no diagnostics)",
-                        choices=("sequential", "concurrent"))
+    runner: str = param("sequential", "'sequential' (dni.Runner, with diagnostics), 'concurrent' "
+                                      "(dni.ConcurrentRunner: a worker thread per layer, no diagnostics) or 'ray' "
+                                      "(dni.ray_runner.RayRunner: a Ray actor per layer, docs/distributed.md)",
+                        choices=("sequential", "concurrent", "ray"))
+    address: str = param("", "runner 'ray': HOST:PORT of a running Ray cluster's head ('': start a local Ray)")
+    actor_checkpoint_every: int = param(50, "runner 'ray': gather every actor's state every N batches; a dead "
+                                            "actor is restored from there (0: never)", ge=0)
     timeline_batches: int = param(6, "draw this many batches of the run (from batch 20 on) in timeline.png", ge=1)
 
 
@@ -270,11 +274,17 @@ def run_pipeline(config, out_dir, *, resume=False, quiet=False, hooks=()):
                          "images, so an epoch holds no batch")
     schedule = plan(config, len(batches))
     per_epoch, total = schedule.steps_per_epoch, schedule.total_steps
-    concurrent = config.runner == "concurrent"
+    concurrent = config.runner != "sequential"          # the concurrent and Ray runners: no diagnostics
     net = build_dni_net("fcn", config, x.shape[1:], config.conditioned, schedule=pipelined(),
-                        diagnose_every=0 if concurrent else config.diagnose_every)
-    runner_cls = ConcurrentRunner if concurrent else Runner
-    runner = runner_cls(net, pipelined(), batches, diagnose_every=0 if concurrent else config.diagnose_every)
+                        diagnose_every=0 if concurrent else config.diagnose_every).to(config.device)
+    if config.runner == "ray":
+        from ..dni.ray_runner import RayRunner
+
+        runner = RayRunner(net, pipelined(), batches, address=config.address or None,
+                           checkpoint_every=config.actor_checkpoint_every, reuse_actors=False)
+    else:
+        runner_cls = ConcurrentRunner if concurrent else Runner
+        runner = runner_cls(net, pipelined(), batches, diagnose_every=0 if concurrent else config.diagnose_every)
     records, history, step, wall0 = [], [{"event": "started", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}], 0, 0.0
     totals = {}                                          # the divergence check's reference
     if resume:
@@ -325,7 +335,7 @@ def run_pipeline(config, out_dir, *, resume=False, quiet=False, hooks=()):
     say = (lambda text: None) if quiet else bar.write
     if resume:
         say(f"resumed {out_dir} at step {step}")
-    in_chunk = False
+    in_chunk, faults_seen = False, 0
     with kernels.use_backend(config.backend), GracefulInterrupt(say) as interrupt:
         try:
             for end in bounds:
@@ -335,6 +345,11 @@ def run_pipeline(config, out_dir, *, resume=False, quiet=False, hooks=()):
                 runner.run(end - step)
                 in_chunk = False
                 seconds = time.perf_counter() - t_chunk
+                for fault in getattr(runner, "faults", [])[faults_seen:]:                # a Ray actor died
+                    history.append({"event": "restored", "at_step": end, **fault})
+                    say(f"the actor of module {fault['module']} died; restored from batch "
+                        f"{fault['restored_to_batch']}")
+                faults_seen = len(getattr(runner, "faults", []))
                 log = sorted(runner.log, key=lambda r: r["batch"])
                 for r in log:
                     check_divergence(totals, r["loss"], config.diverge_factor, r["batch"] + 1, "mnist-pipeline")
