@@ -84,7 +84,7 @@ def load_run(folder):
         vals = [r for r in records if r["split"] == "val"]
         last = records[-1] if records else {}
         row = {"steps": last.get("step", 0), "epochs": last.get("epoch", 0),
-               "val_error": 1 - vals[-1]["accuracy"] if vals else None, "wall_time_s": last.get("wall_time_s")}
+               "val_error": 1 - vals[-1]["accuracy"] if vals and "accuracy" in vals[-1] else None, "wall_time_s": last.get("wall_time_s")}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return _damaged(folder, METRICS, err)
     return {"folder": folder, "status": "unfinished", "experiment": "", "config": {}, "test_error": None,

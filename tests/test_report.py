@@ -73,3 +73,15 @@ def test_report_command_uses_the_terminal_width(runs, capsys, monkeypatch):
     assert main(["report", str(runs)]) == 0
     out = capsys.readouterr().out.split("\n\nplots:")[0]
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_an_unfinished_run_without_accuracy_is_unfinished_not_damaged(tmp_path):
+    """A character model's validation records carry bits per character, not accuracy: the run is in progress."""
+    from minidni.results import load_run
+
+    run = tmp_path / "ptb-dni-T2"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"split": "val", "step": 50, "epoch": 0, "bpc": 2.4,
+                                                   "wall_time_s": 3.0}) + "\n")
+    row = load_run(run)
+    assert row["status"] == "unfinished" and row["steps"] == 50 and row["val_error"] is None

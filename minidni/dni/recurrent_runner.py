@@ -4,6 +4,7 @@ synthetic gradient at each window boundary (Jaderberg et al. 2016, arXiv v1 Sec.
     learner = RecurrentLearner(core, readout, tbptt(T=3, method="dni"), RecurrentSynthesizer(H))
     out = learner.train_episode(inputs, targets, mask)     # arrays (n, B, I), (n, B, K), (n, B): one batch of episodes
     for event, store in learner.steps(inputs, targets, mask): ...     # the same, one event at a time
+    learner.start_stream(B); learner.train_window(x, y, None)          # one window of an endless text (PTB)
 
 The core is any recurrent module with state (h, c) called as `core(xs, state=(h0, c0)) -> (outs, (h, c))`: xs a list
 of (B, I) Tensors, outs the list of h_t; `core.hidden_size` is H (nn.LSTM is one). `readout` maps h_t to the logits.
@@ -101,7 +102,7 @@ class RecurrentLearner:
         """Run the episode one event at a time: yields (event, store) after each, for lessons to look inside."""
         n, B = inputs.shape[:2]
         zeros = np.zeros((B, self.hidden_size), dtype=inputs.dtype)
-        self._data = (inputs, targets, mask)
+        self._data, self._n_steps, self._offset = (inputs, targets, mask), n, 0
         store = {("state", 0): (zeros, zeros)}
         self.episode = {"loss": {}, "synthetic": {}, "target": {}, "aux_target": {}, "synth_loss": {},
                         "aux_loss": {}, "logits": []}
@@ -114,13 +115,14 @@ class RecurrentLearner:
     def _do_forward_window(self, event, store):
         k = event.batch
         inputs, targets, mask = self._data
-        t0, t1 = self.schedule.window(k, inputs.shape[0])
+        t0, t1 = self.schedule.window(k, self._n_steps)
+        a, b = t0 - self._offset, t1 - self._offset                      # where the window lies in self._data
         h0, c0 = start_leaves(store[("state", k)])                       # the cut: gradients stop here
-        outs, (h, c) = self.core([Tensor(inputs[t]) for t in range(t0, t1)], state=(h0, c0))
+        outs, (h, c) = self.core([Tensor(inputs[t]) for t in range(a, b)], state=(h0, c0))
         B = inputs.shape[1]
         logits = self.readout(ops.concat(outs, axis=0))                   # ((t1 - t0) B, K): one product
         logits = ops.reshape(logits, (t1 - t0, B, logits.shape[1]))
-        loss = self.loss(logits, targets[t0:t1], mask[t0:t1])
+        loss = self.loss(logits, targets[a:b], mask[a:b])
         store[("graph", k)] = (h0, c0, h, c, loss)
         store[("state", k + 1)] = (h.data, c.data)
         if ("end", k + 1) in event.writes:
@@ -133,7 +135,7 @@ class RecurrentLearner:
         h0, c0, h, c, loss = store.pop(("graph", k))
         total = loss
         if synthetic:
-            t1 = self.schedule.window(k, self._data[0].shape[0])[1]
+            t1 = self.schedule.window(k, self._n_steps)[1]
             g_h, g_c = self.synthesizer.synthetic_gradient(h.data, t=t1)    # scale * M(h_T): the future, guessed
             self.episode["synthetic"][k] = (g_h, g_c)
             total = loss + inject(h, c, g_h, g_c)
@@ -181,6 +183,76 @@ class RecurrentLearner:
         if self.update:
             self.optimizer.step()
             self.optimizer.zero_grad()
+
+    # ---- an endless stream: one window per call, the state carried (language modelling) ------------------------------
+    def start_stream(self, batch_size, dtype=np.float32):
+        """Begin a stream of contiguous windows (e.g. PTB rows, data.ptb.BPTTIterator): zero state, window 0."""
+        zeros = np.zeros((batch_size, self.hidden_size), dtype=dtype)
+        self.stream = {"k": 0, "store": {("state", 0): (zeros, zeros)}, "last": None}
+
+    def train_window(self, inputs, targets, mask):
+        """Window k of the stream: inputs (T, B, I), targets, mask continue where the last call stopped.
+
+        Its events are those of window k of an episode that goes on (schedule.window_events(k, beyond k)): the
+        synthetic gradient at its end, M(s_k) trained on the gradient that reached s_k, Aux on the synthetic gradient
+        at s_{k+1}, one step. Returns {"loss", "logits" (T, B, K), "synth_loss", "aux_loss"} of this window."""
+        s, T = self.stream, self.schedule.T
+        k, store = s["k"], s["store"]
+        if inputs.shape[0] != T:
+            raise ValueError(f"train_window: a window of the stream has T = {T} steps; received {inputs.shape[0]}")
+        if self.schedule.keeps_graph:          # what rebuilds window k's kept graph after a resume (stream_state)
+            s["last"] = (store[("state", k)], inputs, [p.data.copy() for p in self._end_parameters()])
+        mask = np.ones(inputs.shape[:2], dtype=inputs.dtype) if mask is None else mask      # None: every step counts
+        self._data, self._n_steps, self._offset = (inputs, targets, mask), (k + 2) * T, k * T
+        self.episode = {"loss": {}, "synthetic": {}, "target": {}, "aux_target": {}, "synth_loss": {},
+                        "aux_loss": {}, "logits": []}
+        self.zero_grad()
+        for event in self.schedule.window_events(k, self._n_steps):
+            getattr(self, "_do_" + event.kind)(event, store)
+        store.pop(("state", k))
+        s["k"] = k + 1
+        ep = self.episode
+        return {"loss": ep["loss"][k], "logits": ep["logits"][0], "synth_loss": ep["synth_loss"].get(k, 0.0),
+                "aux_loss": ep["aux_loss"].get(k, 0.0)}
+
+    @property
+    def carried_state(self):
+        """The carried state (h, c) arrays at the start of the stream's next window."""
+        return self.stream["store"][("state", self.stream["k"])]
+
+    def _end_parameters(self):
+        return list(self.core.parameters()) + (list(self.aux_head.parameters()) if self.aux_head is not None else [])
+
+    def stream_state(self):
+        """{name: array} of the stream, for a checkpoint: the window count and the carried state; where the next
+        window needs the last one's graph (Aux, synth_to_core), that window's start state, inputs and parameters."""
+        s = self.stream
+        h, c = self.carried_state
+        out = {"k": np.asarray(s["k"]), "h": h, "c": c}
+        if self.schedule.keeps_graph and s["last"] is not None:
+            (h0, c0), inputs, params = s["last"]
+            out.update({"last/h": h0, "last/c": c0, "last/inputs": inputs})
+            out.update({f"last/param.{i}": p for i, p in enumerate(params)})
+        return out
+
+    def load_stream_state(self, state):
+        """Continue the stream saved by stream_state, exactly: the kept graph of the last window is rebuilt by running
+        its forward again with the parameters it ran with (then the current ones are put back, in place)."""
+        k = int(state["k"])
+        self.stream = {"k": k, "store": {("state", k): (state["h"].copy(), state["c"].copy())}, "last": None}
+        if not (self.schedule.keeps_graph and "last/h" in state):
+            return
+        params = self._end_parameters()
+        saved = [state[f"last/param.{i}"] for i in range(len(params))]
+        now = [p.data.copy() for p in params]
+        for p, v in zip(params, saved):
+            np.copyto(p.data, v)
+        h0, c0 = start_leaves((state["last/h"], state["last/c"]))
+        outs, (h, c) = self.core([Tensor(x) for x in state["last/inputs"]], state=(h0, c0))
+        self.stream["store"][("end", k)] = (h, self.aux_head(h) if self.aux_head is not None else None)
+        for p, v in zip(params, now):
+            np.copyto(p.data, v)
+        self.stream["last"] = ((state["last/h"], state["last/c"]), state["last/inputs"], saved)
 
     # ---- evaluation, learning rate, state ---------------------------------------------------------------------------
     @no_grad()

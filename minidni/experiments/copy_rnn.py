@@ -144,6 +144,13 @@ def build_learner(config, method):
     task = config.task
     n_in = config.width + (1 if task == "copy" else 2)
     n_out = config.width + (0 if task == "copy" else 1)
+    return recurrent_learner(config, method, n_in, n_out)
+
+
+def recurrent_learner(config, method, n_in, n_out, **learner_options):
+    """LSTM(n_in -> config.hidden), a linear readout (-> n_out), for DNI the synthesizer, for DNI + Aux the Aux head,
+    as config says (hidden, T, seed, lr, synth_lr, synth_hidden, scale, scale_target, synth_to_core): the learner of
+    the Copy and the PTB experiments. learner_options go to RecurrentLearner (e.g. loss=...)."""
     r = np.random.default_rng(config.seed)
     core = nn.LSTM(n_in, config.hidden, rng=r)
     readout = nn.Linear(config.hidden, n_out, rng=r)
@@ -156,7 +163,8 @@ def build_learner(config, method):
     synth_lr = config.synth_lr or config.lr
     return RecurrentLearner(core, readout, tbptt(config.T, method, config.synth_to_core), synth, aux,
                             optimizer=lambda ps: Adam(ps, lr=config.lr),
-                            synth_optimizer=lambda ps: Adam(ps, lr=synth_lr), scale_target=config.scale_target)
+                            synth_optimizer=lambda ps: Adam(ps, lr=synth_lr), scale_target=config.scale_target,
+                            **learner_options)
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
@@ -230,6 +238,9 @@ def run_copy(config, out_dir, method, name, *, resume=False, quiet=False, hooks=
                                               "data_rng": data_rng.bit_generator.state, "window": window,
                                               "wall_time_s": wall + time.perf_counter() - t_start})
 
+    if config.device != "cpu":
+        raise ConfigError(f"{name}: device = {config.device!r}, but the LSTM ops run on the cpu only (they are not "
+                          "routed through the device primitives yet); use --device cpu")
     t_start = time.perf_counter()
     with kernels.use_backend(config.backend):
         try:
