@@ -56,3 +56,5 @@ def get(name) -> Experiment:
 
 from . import feedforward, mnist_dni, mnist_fcn  # noqa: E402,F401  (register their experiments)
 from . import copy_rnn  # noqa: E402,F401  (Copy / Repeat Copy: truncated BPTT, DNI, DNI + Aux)
+from . import two_timescale  # noqa: E402,F401  (two networks at two timescales: end to end, DNI, no gradient)
+from . import ptb  # noqa: E402,F401  (Penn Treebank characters: truncated BPTT, DNI, DNI + Aux)
