@@ -280,8 +280,9 @@ def run_pipeline(config, out_dir, *, resume=False, quiet=False, hooks=()):
     if config.runner == "ray":
         from ..dni.ray_runner import RayRunner
 
-        runner = RayRunner(net, pipelined(), batches, address=config.address or None,
-                           checkpoint_every=config.actor_checkpoint_every, reuse_actors=False)
+        with kernels.use_backend(config.backend):      # the actors take the backend active when they are made
+            runner = RayRunner(net, pipelined(), batches, address=config.address or None,
+                               checkpoint_every=config.actor_checkpoint_every, reuse_actors=False)
     else:
         runner_cls = ConcurrentRunner if concurrent else Runner
         runner = runner_cls(net, pipelined(), batches, diagnose_every=0 if concurrent else config.diagnose_every)
