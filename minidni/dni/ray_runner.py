@@ -451,13 +451,6 @@ class RayRunner(Runner):
                     self._ray.kill(a)
             self._actors = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
     # ---- feeding and submitting ------------------------------------------------------------------------------------
     def feed(self, x, y, copy=True):
         """As Runner.feed; the batch goes into the object store once, for every actor that reads it."""

@@ -192,6 +192,16 @@ class Runner:
                     break
         return self
 
+    def close(self):
+        """Release what the runner holds (worker threads, actors); the sequential runner holds nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     def flush(self):
         """Run every queued event (the end of a run: batches in flight are finished)."""
         self.net.train()
@@ -396,12 +406,6 @@ class ConcurrentRunner(Runner):
                 w.join()
             self._workers = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def _advance(self, bound):
         """Run every queued event of the earliest tick (if before `bound`), one worker per module; return them."""
