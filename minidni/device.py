@@ -4,7 +4,7 @@
     y = x.to("cuda")                        # a copy in GPU memory (a numba.cuda device array)
     model.to("cuda")                        # every parameter and buffer; the optimizer's state follows on its next step
 
-A `Device` offers the primitives of DEVICE_API.md -- `unary`, `binary` (NumPy broadcasting), `reduce`, `argmax`,
+A `Device` offers a small set of primitives -- `unary`, `binary` (NumPy broadcasting), `reduce`, `argmax`,
 `matmul`, `transpose`, `reshape`, `take` / `scatter_add`, `slice_copy` / `slice_add`, `concatenate`, `full`, `copy`,
 `cast`, `where`, plus the transfers `from_host` / `to_host` -- and `kernels`, the module of heavy kernels with the
 signatures of `minidni.kernels.reference` (linear, batch norm, softmax cross-entropy, conv, Adam, ...). `minidni.ops`
@@ -54,7 +54,7 @@ def _resolve_shape(shape, size, where):
 
 
 # ---- the CPU: NumPy ---------------------------------------------------------------------------------------------------
-_UNARY = {"neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs, "square": np.square,
+_UNARY = {"neg": np.negative, "exp": np.exp, "log": np.log, "log1p": np.log1p, "sqrt": np.sqrt, "abs": np.abs, "square": np.square,
           "relu": lambda x: np.maximum(x, 0), "tanh": np.tanh, "sign": np.sign,
           "sigmoid": lambda x: _kernels.reference.sigmoid_forward(x)}
 _BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv, "pow": operator.pow,
@@ -183,9 +183,9 @@ class Device:
 CPU = Device()
 
 
-# ---- a device whose arrays and functions come from a backend module (minidni.kernels.gpu, per DEVICE_API.md) -------
+# ---- a device whose arrays and functions come from a backend module (minidni.kernels.gpu) ---------------------------
 class ModuleDevice(Device):
-    """A device implemented by a module of host functions that follows DEVICE_API.md: the primitives (unary, binary,
+    """A device implemented by a module of host functions, as minidni.kernels.gpu is: the primitives (unary, binary,
     reduce, matmul, ..., to_device, to_host) and every kernel of minidni.kernels.reference, on its own array type.
 
     Operations the contract does not list are composed here from those it does (broadcast_to = x * ones, split =

@@ -489,9 +489,10 @@ def _lstm_parameters(module, input_size, hidden_size, rng, dtype):
 
 
 def _lstm_state(module, state, batch, dtype):
-    """(h, c) as Tensors; None means zeros (B, H)."""
+    """(h, c) as Tensors; None means zeros (B, H), on the parameters' device."""
     if state is None:
-        zeros = np.zeros((batch, module.hidden_size), dtype=dtype)
+        dev = module.W_x.device
+        zeros = dev.zeros((batch, module.hidden_size), dtype)
         return Tensor(zeros), Tensor(zeros)
     if not isinstance(state, (tuple, list)) or len(state) != 2:
         raise TypeError(f"{type(module).__name__}: state must be a pair (h, c) of (B, H) tensors or None, "
@@ -552,7 +553,7 @@ class LSTM(Module):
             if x.ndim != 3:
                 raise ValueError(f"LSTM: x must be (T, B, I) or a list of T (B, I) tensors, got shape {x.shape}")
             steps, first = None, x
-        h, c = _lstm_state(self, state, first.shape[-2] if first.ndim >= 2 else 0, self.W_x.dtype)
+        h, c = _lstm_state(self, state, tuple(first.shape)[-2] if first.ndim >= 2 else 0, self.W_x.dtype)
         if self.per_step:
             steps = steps if steps is not None else [x[t] for t in range(x.shape[0])]
             outputs = []
@@ -564,7 +565,8 @@ class LSTM(Module):
             if any(s.requires_grad for s in steps):
                 x = ops.concat([ops.reshape(s, (1,) + s.shape) for s in steps], axis=0)
             else:
-                x = Tensor(np.stack([s.data for s in steps]))
+                dev = first.device
+                x = Tensor(dev.concatenate([dev.reshape(s.data, (1,) + s.shape) for s in steps], 0))
         return ops.lstm(x, h, c, self.W_x, self.W_h, self.b)
 
     def extra_repr(self):

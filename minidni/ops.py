@@ -992,14 +992,38 @@ def avg_pool2d(x, kernel=2, stride=None):
 _scratch = threading.local()   # per thread, so the DNI runner's worker threads never share one
 
 
-def _scratch_array(name, shape, dtype):
+def _scratch_array(name, shape, dtype, dev=CPU):
     """A reused array for a temporary that dies inside one forward or backward call (never saved, never returned):
-    allocating the window's (T, B, 4H) temporaries afresh every call cost ~1000 page faults per training step."""
+    allocating the window's (T, B, 4H) temporaries afresh every call cost ~1000 page faults per training step.
+    (On a device: a fresh array; its allocator caches memory already.)"""
+    if dev is not CPU:
+        return dev.zeros(shape, dtype)
     a = getattr(_scratch, name, None)
     if a is None or a.shape != shape or a.dtype != dtype:
         a = np.empty(shape, dtype=dtype)
         setattr(_scratch, name, a)
     return a
+
+
+def _empty(dev, shape, dtype):
+    return np.empty(shape, dtype=dtype) if dev is CPU else dev.zeros(shape, dtype)
+
+
+def _matmul_into(dev, a, b, out):
+    """out[...] = a @ b: written in place by BLAS on the CPU; on a device, its matmul, then a copy into out."""
+    if dev is CPU:
+        np.matmul(a, b, out=out)
+    else:
+        dev.assign(out, dev.matmul(a, b))
+    return out
+
+
+def _add_into(dev, a, b):
+    """a + b, written over a on the CPU (a is ours to overwrite); a new array on a device."""
+    if dev is CPU:
+        a += b
+        return a
+    return dev.binary("add", a, b)
 
 
 class _PackedGrad:
@@ -1023,16 +1047,16 @@ class Unpack(Function):
 
     @staticmethod
     def forward(ctx, packed, k, slot):
-        ctx.save_for_backward(packed.shape, k, slot)
-        return packed[k]
+        ctx.save_for_backward(tuple(packed.shape), k, slot)
+        return ctx.device.slice_copy(packed, (k,))      # a view on the CPU, a copy on a device
 
     @staticmethod
     def backward(ctx, g):
         shape, k, slot = ctx.saved
         first = slot.array is None
         if first:
-            slot.array = np.zeros(shape, dtype=g.dtype)
-        slot.array[k] += g
+            slot.array = ctx.device.zeros(shape, g.dtype)
+        ctx.device.slice_add(slot.array, (k,), g)
         return slot.array if first else None
 
 
@@ -1050,10 +1074,11 @@ class LSTMCell(Function):
 
     @staticmethod
     def forward(ctx, x, h, c, W_x, W_h, b, slot):
+        dev = ctx.device
         B, H = c.shape
-        packed = np.empty((2, B, H), dtype=c.dtype)
-        gates = np.empty((B, 4 * H), dtype=c.dtype)
-        ctx.device.kernels.lstm_gates_forward(np.matmul(x, W_x), np.matmul(h, W_h), b, c, out=(packed[0], packed[1], gates))
+        packed = _empty(dev, (2, B, H), c.dtype)
+        gates = _empty(dev, (B, 4 * H), c.dtype)
+        dev.kernels.lstm_gates_forward(dev.matmul(x, W_x), dev.matmul(h, W_h), b, c, out=(packed[0], packed[1], gates))
         ctx.save_for_backward(x, h, c, W_x, W_h, gates, packed[1], slot)
         return packed
 
@@ -1062,12 +1087,13 @@ class LSTMCell(Function):
         x, h, c, W_x, W_h, gates, c_new, slot = ctx.saved
         slot.array = None  # g is that buffer: this backward consumes it
         need = ctx.needs_input_grad
-        dz, dc = ctx.device.kernels.lstm_gates_backward(gates, c, c_new, g[0], g[1])
-        dx = np.matmul(dz, W_x.T) if need[0] else None
-        dh = np.matmul(dz, W_h.T) if need[1] else None
-        dW_x = np.matmul(x.T, dz) if need[3] else None
-        dW_h = np.matmul(h.T, dz) if need[4] else None
-        db = ctx.device.kernels.sum_rows(dz) if need[5] else None
+        dev = ctx.device
+        dz, dc = dev.kernels.lstm_gates_backward(gates, c, c_new, g[0], g[1])
+        dx = dev.matmul(dz, dev.transpose(W_x, None)) if need[0] else None
+        dh = dev.matmul(dz, dev.transpose(W_h, None)) if need[1] else None
+        dW_x = dev.matmul(dev.transpose(x, None), dz) if need[3] else None
+        dW_h = dev.matmul(dev.transpose(h, None), dz) if need[4] else None
+        db = dev.kernels.sum_rows(dz) if need[5] else None
         return dx, dh, (dc if need[2] else None), dW_x, dW_h, db
 
 
@@ -1084,20 +1110,22 @@ class LSTMSequence(Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, W_x, W_h, b, slot):
+        dev = ctx.device
         T, B, I = x.shape
         H = h0.shape[1]
         # one array holds h_0, h_1..h_T and a copy of c_T: its rows 1..T+1 are the packed result, rows 0..T-1 H_prev
-        hs = np.empty((T + 2, B, H), dtype=h0.dtype)
-        cs = np.empty((T + 1, B, H), dtype=h0.dtype)
-        hs[0], cs[0] = h0, c0
-        zx = _scratch_array("lstm_zx", (T, B, 4 * H), h0.dtype)
-        np.matmul(x.reshape(T * B, I), W_x, out=zx.reshape(T * B, 4 * H))
-        gates = np.empty_like(zx)  # not written over zx: the kernels vectorise only when outputs overlap no input
-        zh = _scratch_array("lstm_zh", (B, 4 * H), h0.dtype)
+        hs = _empty(dev, (T + 2, B, H), h0.dtype)
+        cs = _empty(dev, (T + 1, B, H), h0.dtype)
+        dev.assign(hs[0], h0)
+        dev.assign(cs[0], c0)
+        zx = _scratch_array("lstm_zx", (T, B, 4 * H), h0.dtype, dev)
+        _matmul_into(dev, dev.reshape(x, (T * B, I)), W_x, dev.reshape(zx, (T * B, 4 * H)))
+        gates = _empty(dev, (T, B, 4 * H), h0.dtype)  # not over zx: the kernels vectorise only when outputs overlap no input
+        zh = _scratch_array("lstm_zh", (B, 4 * H), h0.dtype, dev)
         for t in range(T):
-            np.matmul(hs[t], W_h, out=zh)
-            ctx.device.kernels.lstm_gates_forward(zx[t], zh, b, cs[t], out=(hs[t + 1], cs[t + 1], gates[t]))
-        hs[T + 1] = cs[T]
+            _matmul_into(dev, hs[t], W_h, zh)
+            dev.kernels.lstm_gates_forward(zx[t], zh, b, cs[t], out=(hs[t + 1], cs[t + 1], gates[t]))
+        dev.assign(hs[T + 1], cs[T])
         ctx.save_for_backward(x, W_x, W_h, hs, cs, gates, slot)
         return hs[1:]
 
@@ -1105,33 +1133,32 @@ class LSTMSequence(Function):
     def backward(ctx, g):
         x, W_x, W_h, hs, cs, gates, slot = ctx.saved
         slot.array = None  # g is that buffer, ours to overwrite
+        dev = ctx.device
         need = ctx.needs_input_grad
         T, B, I = x.shape
         H = hs.shape[2]
-        dZ = _scratch_array("lstm_dZ", (T, B, 4 * H), g.dtype)
-        dc = g[T].copy()  # dL/dc_T, then dL/dc_{t-1} as the loop walks back
-        dh_back = np.empty((B, H), dtype=g.dtype)  # dz_{t+1} W_h^T: the gradient reaching h_t through step t+1
+        W_hT = dev.transpose(W_h, None)
+        dZ = _scratch_array("lstm_dZ", (T, B, 4 * H), g.dtype, dev)
+        dc = dev.copy(g[T])  # dL/dc_T, then dL/dc_{t-1} as the loop walks back
+        dh_back = _empty(dev, (B, H), g.dtype)  # dz_{t+1} W_h^T: the gradient reaching h_t through step t+1
         for t in reversed(range(T)):
             dh = g[t]
             if t < T - 1:
-                dh += dh_back
-            ctx.device.kernels.lstm_gates_backward(gates[t], cs[t], cs[t + 1], dh, dc, out=(dZ[t], dc))   # dc in place
+                dh = _add_into(dev, dh, dh_back)
+            dev.kernels.lstm_gates_backward(gates[t], cs[t], cs[t + 1], dh, dc, out=(dZ[t], dc))   # dc in place
             if t > 0 or need[1]:
-                np.matmul(dZ[t], W_h.T, out=dh_back)
-        dZ = dZ.reshape(T * B, 4 * H)
-        dx = np.matmul(dZ, W_x.T).reshape(T, B, I) if need[0] else None
-        dW_x = np.matmul(x.reshape(T * B, I).T, dZ) if need[3] else None
-        dW_h = np.matmul(hs[:T].reshape(T * B, H).T, dZ) if need[4] else None
-        db = ctx.device.kernels.sum_rows(dZ) if need[5] else None
+                _matmul_into(dev, dZ[t], W_hT, dh_back)
+        dZ = dev.reshape(dZ, (T * B, 4 * H))
+        dx = dev.reshape(dev.matmul(dZ, dev.transpose(W_x, None)), (T, B, I)) if need[0] else None
+        dW_x = dev.matmul(dev.transpose(dev.reshape(x, (T * B, I)), None), dZ) if need[3] else None
+        dW_h = dev.matmul(dev.transpose(dev.reshape(hs[:T], (T * B, H)), None), dZ) if need[4] else None
+        db = dev.kernels.sum_rows(dZ) if need[5] else None
         return dx, (dh_back if need[1] else None), (dc if need[2] else None), dW_x, dW_h, db
 
 
 def _check_lstm(op, x, h, c, W_x, W_h, b, x_dims):
     """The checked tensors of an LSTM op; x is (B, I) for a step (x_dims 2) or (T, B, I) for a window (x_dims 3)."""
     x = _one(x)
-    if x.device is not CPU:
-        raise NotImplementedError(f"{op}: the LSTM ops run on the cpu only (x is on {x.device.name}); the GPU backend "
-                                  "has no LSTM yet. Train the recurrent experiments with --device cpu")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
     names = ("h", "c", "W_x", "W_h", "b")
@@ -1141,7 +1168,7 @@ def _check_lstm(op, x, h, c, W_x, W_h, b, x_dims):
         raise ValueError(f"{op}: x must be {x_dims}-D {layout}, got shape {x.shape}")
     _need_2d(op, "W_h", W_h, 2)
     H = W_h.shape[0]
-    B, I = x.shape[-2:]
+    B, I = tuple(x.shape)[-2:]
     expected = {"W_x": (I, 4 * H), "W_h": (H, 4 * H), "b": (4 * H,), "h": (B, H), "c": (B, H)}
     for name, t in zip(names, (h, c, W_x, W_h, b)):
         if t.shape != expected[name]:

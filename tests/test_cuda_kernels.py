@@ -175,10 +175,10 @@ def test_matmul_explains_mismatched_shapes():
 # ---- elementwise primitives ------------------------------------------------------------------------------------------
 def positive_or_normal(op, r, shape, dtype):
     x = r.standard_normal(shape)
-    return (np.abs(x) + 0.2 if op in ("log", "sqrt") else x).astype(dtype)
+    return (np.abs(x) + 0.2 if op in ("log", "sqrt", "log1p") else x).astype(dtype)
 
 
-NUMPY_UNARY = {"neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
+NUMPY_UNARY = {"neg": np.negative, "exp": np.exp, "log": np.log, "log1p": np.log1p, "sqrt": np.sqrt, "abs": np.abs,
                "square": np.square, "relu": lambda x: np.maximum(x, 0), "tanh": np.tanh,
                "sigmoid": reference.sigmoid_forward, "sign": np.sign}
 

@@ -2,9 +2,10 @@
 one op, the error for cuda without a GPU, and training on a device.
 
 A GPU is not needed: `boxed` is a fake second device whose arrays are NumPy arrays in a box that refuses NumPy
-arithmetic (no __array__, no operators). Its backend follows DEVICE_API.md exactly as minidni.kernels.gpu does (the
-primitives, to_device / to_host, and every kernel of kernels.reference), so any op that still computes with NumPy
-directly on a device array fails here, and a training step on it must equal the cpu's NumPy backend bit for bit.
+arithmetic (no __array__, no operators; basic indexing gives views, as on numba.cuda arrays). Its backend offers what
+ModuleDevice calls, exactly as minidni.kernels.gpu does (the primitives, to_device / to_host, and every kernel of
+kernels.reference), so any op that still computes with NumPy directly on a device array fails here, and a training
+step on it must equal the cpu's NumPy backend bit for bit.
 """
 import os
 import subprocess
@@ -41,6 +42,12 @@ class Box:
     def reshape(self, *shape):
         return Box(self.a.reshape(*shape))
 
+    def __getitem__(self, index):
+        """Basic indexing gives a view, as numba.cuda device arrays do (a[t] of a (T, B, H) array is (B, H))."""
+        if not isinstance(index, (int, slice)):
+            raise TypeError(f"a boxed device array takes an int or a slice, got {type(index).__name__}")
+        return Box(self.a[index])
+
     def copy_to_device(self, src):
         np.copyto(self.a, src.a if isinstance(src, Box) else src)
 
@@ -70,7 +77,7 @@ def _box(v):
 
 
 class BoxedBackend:
-    """DEVICE_API.md's functions over Box arrays, computed by NumPy: what minidni.kernels.gpu offers, minus the GPU.
+    """ModuleDevice's backend over Box arrays, computed by NumPy: what minidni.kernels.gpu offers, minus the GPU.
     `calls` records every primitive and kernel called, by name."""
 
     NAME = "boxed"
@@ -334,6 +341,133 @@ def test_a_cnn_step_on_the_device_is_the_cpu_step(boxed):
     assert out[0][0] == out[1][0] and all(np.array_equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_an_lstm_window_on_the_device_is_the_cpu_window_bit_for_bit(boxed, per_step):
+    """nn.LSTM (ops.lstm, or T ops.lstm_cell) forward and backward through every output, the final state and the
+    initial state, on the device: the cpu's numbers exactly, through the device's LSTM gate kernels."""
+    rng = np.random.default_rng(7)
+    x0, h00, c00 = rng.standard_normal((3, 4, 5)), rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    gs = rng.standard_normal((3, 4, 6))
+    out = []
+    for where in ("cpu", "boxed"):
+        lstm = nn.LSTM(5, 6, rng=1, dtype=np.float64, per_step=per_step).to(where)
+        x, h0, c0 = (Tensor(a, requires_grad=True).to(where) for a in (x0, h00, c00))
+        outs, (h, c) = lstm(x, state=(h0, c0))
+        loss = sum((o * Tensor(g).to(where)).sum() for o, g in zip(outs, gs)) + (c * c).sum() + h.sum()
+        loss.backward()
+        host = (lambda a: a) if where == "cpu" else boxed.to_host
+        out.append([loss.item()] + [host(t.grad) for t in (x, h0, c0, lstm.W_x, lstm.W_h, lstm.b)])
+    assert out[0][0] == out[1][0] and _arrays_equal(out[0][1:], out[1][1:])
+    assert {"lstm_gates_forward", "lstm_gates_backward"} <= set(boxed.kernels.calls)
+    zero_state, _ = nn.LSTM(5, 6, rng=1).to("boxed")(Tensor(x0.astype(np.float32)).to("boxed"))
+    assert zero_state[0].device is boxed           # the zero initial state is made on the parameters' device
+
+
+def _recurrent_learner(method, where, T=2, synth_to_core=False):
+    from minidni.dni.aux import AuxHead
+    from minidni.dni.recurrent_runner import RecurrentLearner
+    from minidni.dni.recurrent_synthesizer import RecurrentSynthesizer
+    from minidni.dni.tbptt import tbptt
+
+    core, readout = nn.LSTM(3, 4, rng=0), nn.Linear(4, 2, rng=1)
+    synth = RecurrentSynthesizer(4, rng=2) if method != "bptt" else None
+    aux = AuxHead(4, rng=3) if method == "dni-aux" else None
+    learner = RecurrentLearner(core, readout, tbptt(T, method, synth_to_core), synth, aux,
+                               optimizer=lambda ps: Adam(ps, lr=1e-2))
+    if synth is not None:        # a synthesizer that says something: its zero-initialised output layer, nudged
+        synth.net[-1].weight.data[...] = np.random.default_rng(4).standard_normal(synth.net[-1].weight.shape) * 0.1
+    return learner.to(where)
+
+
+@pytest.mark.parametrize("method,synth_to_core", [("bptt", False), ("dni", False), ("dni", True), ("dni-aux", False)])
+def test_truncated_bptt_with_synthetic_gradients_on_the_device_is_the_cpu_run_bit_for_bit(boxed, method,
+                                                                                          synth_to_core):
+    """Copy-style episodes (bit loss, mask, synthesizer, Aux) and a PTB-style endless stream resumed from its
+    checkpoint state, on the device: the cpu's losses, logits and parameters exactly."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 3, 3)).astype(np.float32)
+    y, m = (rng.random((5, 3, 2)) < 0.5).astype(np.float32), (rng.random((5, 3)) < 0.7).astype(np.float32)
+    runs = []
+    for where in ("cpu", "boxed"):
+        learner = _recurrent_learner(method, where, synth_to_core=synth_to_core)
+        eps = [learner.train_episode(x, y, m) for _ in range(2)]
+        out = [(e["loss"], e["synth_loss"], e["aux_loss"]) for e in eps] + [e["logits"] for e in eps]
+        out.append(learner.predict(x))
+        learner.start_stream(3)
+        out += [learner.train_window(x[2 * k:2 * k + 2], y[2 * k:2 * k + 2], None)["loss"] for k in range(2)]
+        saved = {**learner.state_dict(), **{f"stream/{k}": v for k, v in learner.stream_state().items()}}
+        assert all(isinstance(v, np.ndarray) for v in saved.values()), "a checkpoint holds host arrays only"
+        again = _recurrent_learner(method, where, synth_to_core=synth_to_core)
+        again.load_state_dict({k: v for k, v in saved.items() if not k.startswith("stream/")})
+        again.load_stream_state({k[7:]: v for k, v in saved.items() if k.startswith("stream/")})
+        out.append(again.train_window(x[:2], y[:2], None)["loss"])
+        out.append(learner.train_window(x[:2], y[:2], None)["loss"])
+        runs.append((out, learner.state_dict()))
+    (o0, s0), (o1, s1) = runs
+    assert o0[:2] == o1[:2] and _arrays_equal(o0[2:5], o1[2:5]) and o0[5:] == o1[5:]
+    assert o1[-1] == o1[-2]                                 # the resumed stream continues exactly
+    assert s0.keys() == s1.keys() and all(np.array_equal(s0[k], s1[k]) for k in s0)
+    assert {"lstm_gates_forward", "lstm_gates_backward"} <= set(boxed.kernels.calls)
+
+
+def test_the_copy_and_ptb_experiments_run_on_the_device_as_on_the_cpu(boxed, tmp_path):
+    """copy-dni-aux and ptb-dni-aux with device = the fake device: the cpu run's records and results exactly, and a
+    sample from the model on the device is the cpu's text."""
+    import json
+
+    from minidni.config import override
+    from minidni.experiments import get
+    from minidni.experiments.ptb import build_learner, sample
+    from minidni.data.ptb import CharVocab
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(" ".join(np.random.default_rng(k).choice(["the", "cat", "sat", "on", "mat"], 5))
+                               for k in range(60)))
+    runs = {
+        "copy-dni-aux": dict(hidden=6, width=3, batch_size=4, T=2, steps=6, check_every=2, solved_bits=10.0,
+                             log_every=2, checkpoint_every=0),           # every check solves: the curriculum moves
+        "ptb-dni-aux": dict(text_file=str(text), hidden=6, batch_size=4, T=3, steps=6, eval_every=3, eval_count=0,
+                            log_every=2, checkpoint_every=0, eval_batch_size=2, eval_window=5),
+    }
+    timing = {"wall_time_s", "train_time_s", "episodes_per_s", "chars_per_s"}
+    for name, values in runs.items():
+        got = []
+        for where in ("cpu", "boxed"):
+            cfg = override(get(name).config(), {**values, "backend": "numpy"})
+            object.__setattr__(cfg, "device", where)     # not a config choice: the fake device only
+            seen = set()
+            hook = (lambda step, curriculum, learner: seen.add(learner.device.name)) if name.startswith("copy") \
+                else (lambda step, learner: seen.add(learner.device.name))
+            summary = get(name).run(cfg, tmp_path / f"{name}-{where}", quiet=True, hooks=[hook])
+            assert seen == {where}
+            records = [{k: v for k, v in json.loads(line).items() if k not in timing}
+                       for line in (tmp_path / f"{name}-{where}" / "metrics.jsonl").read_text().splitlines()]
+            keys = ("test_bpc", "best_val_bpc", "best_step") if name.startswith("ptb") else ("max_length", "level")
+            got.append((records, [summary[k] for k in keys]))
+        assert got[0] == got[1], name
+    assert {"lstm_gates_forward", "lstm_gates_backward", "adam_step_"} <= set(boxed.kernels.calls)
+    two = dict(T=2, fcn=8, hidden=6, message=4, hidden_b=5, synth_hidden=6, batch_size=4, steps=4, log_every=2,
+               checkpoint_every=2, eval_every=2, eval_streams=4, eval_windows=1)
+    for name in ("two-timescale-dni", "two-timescale-bptt"):
+        got = []
+        for where in ("cpu", "boxed"):
+            cfg = override(get(name).config(), {**two, "backend": "numpy"})
+            object.__setattr__(cfg, "device", where)
+            seen = set()
+            get(name).run(cfg, tmp_path / f"{name}-{where}", quiet=True,
+                          hooks=[lambda w, stats, learner: seen.add(learner.device.name)])
+            assert seen == {where}
+            got.append([{k: v for k, v in json.loads(line).items() if k not in timing}
+                        for line in (tmp_path / f"{name}-{where}" / "metrics.jsonl").read_text().splitlines()])
+        assert got[0] == got[1], name
+    vocab = CharVocab(sorted(set(text.read_text())))
+    texts = []
+    for where in ("cpu", "boxed"):
+        learner = build_learner(override(get("ptb-dni").config(), {"hidden": 6}), "dni", len(vocab)).to(where)
+        texts.append(sample(learner.core, learner.readout, vocab, chars=20, seed=3, prime="the "))
+    assert texts[0] == texts[1] and len(texts[0]) == 20
+
+
 def _dni_state(schedule, where, unlock=False):
     from minidni import dni
     from minidni.dni.net import mnist_fcn
@@ -463,8 +597,31 @@ def dni(where):
     out = net.train_step(rng.standard_normal((4, 5)).astype(np.float32), rng.integers(0, 3, 4))
     return [out["loss"]] + list(net.state_dict().values())
 
+def lstm(where):
+    core, readout = nn.LSTM(3, 4, rng=0).to(where), nn.Linear(4, 3, rng=1).to(where)
+    opt = Adam(core.parameters() + readout.parameters(), lr=1e-2)
+    x, y = np.random.default_rng(3).standard_normal((3, 2, 3)).astype(np.float32), np.array([0, 1, 2, 1, 0, 2])
+    outs, _ = core(Tensor(x).to(where))
+    loss = ops.cross_entropy(readout(ops.concat(outs, axis=0)), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    return [loss.item()] + list(core.state_dict().values()) + list(readout.state_dict().values())
+
+def copy(where):    # truncated BPTT with a synthesizer and Aux on Copy-style data: the bit loss, mask and boundary
+    from minidni.dni.aux import AuxHead
+    from minidni.dni.recurrent_runner import RecurrentLearner
+    from minidni.dni.recurrent_synthesizer import RecurrentSynthesizer
+    from minidni.dni.tbptt import tbptt
+    synth = RecurrentSynthesizer(3, rng=2)
+    synth.net[-1].weight.data[...] = 0.1
+    learner = RecurrentLearner(nn.LSTM(2, 3, rng=0), nn.Linear(3, 2, rng=1), tbptt(2, "dni-aux"), synth,
+                               AuxHead(3, rng=3)).to(where)
+    r = np.random.default_rng(4)
+    x, y = r.standard_normal((4, 2, 2)).astype(np.float32), (r.random((4, 2, 2)) < 0.5).astype(np.float32)
+    out = learner.train_episode(x, y, np.ones((4, 2), np.float32))
+    return [out["loss"], out["synth_loss"], out["aux_loss"], out["logits"]] + list(learner.state_dict().values())
+
 with kernels.use_backend("numpy"):
-    for name, f in (("mlp", mlp), ("dni", dni)):
+    for name, f in (("mlp", mlp), ("dni", dni), ("lstm", lstm), ("copy", copy)):
         cpu, gpu = f("cpu"), f("cuda")
         for a, b in zip(cpu, gpu):
             np.testing.assert_allclose(np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64),
@@ -477,7 +634,7 @@ def _gpu_backend_ready():
     """minidni.kernels.gpu exists and has every function of the contract the plumbing calls."""
     path = ROOT / "minidni" / "kernels" / "gpu.py"
     if not path.is_file():
-        return False, "minidni/kernels/gpu.py does not exist yet (H5's CUDA backend, DEVICE_API.md)"
+        return False, "minidni/kernels/gpu.py does not exist"
     text = path.read_text()
     needed = ["unary", "binary", "reduce", "argmax", "matmul", "transpose", "full", "copy", "cast", "slice_copy",
               "concatenate", "to_device", "to_host", "is_available", "linear_forward", "adam_step_",
@@ -493,7 +650,7 @@ def test_one_step_on_cuda_under_the_simulator_matches_the_cpu():
     proc = subprocess.run([sys.executable, "-c", SIM_SCRIPT], capture_output=True, text=True, cwd=ROOT, timeout=280,
                           env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mlp ok" in proc.stdout and "dni ok" in proc.stdout
+    assert "mlp ok" in proc.stdout and "dni ok" in proc.stdout and "lstm ok" in proc.stdout and "copy ok" in proc.stdout
 
 
 def _real_gpu():
@@ -516,4 +673,4 @@ def test_one_step_on_a_real_gpu_matches_the_cpu():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=200,
                           env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mlp ok" in proc.stdout and "dni ok" in proc.stdout
+    assert "mlp ok" in proc.stdout and "dni ok" in proc.stdout and "lstm ok" in proc.stdout and "copy ok" in proc.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn, ops
+from ..device import CPU, device_of
 from ..tensor import Tensor
 
 
@@ -40,9 +41,10 @@ class AuxHead(nn.Module):
 
 def aux_target(g_h, g_c):
     """The Aux target: the synthetic gradient [g_h | g_c] used at the boundary T steps later, (B, 2H)."""
-    return np.concatenate([g_h, g_c], axis=1)
+    dev = device_of(g_h, CPU)
+    return np.concatenate([g_h, g_c], axis=1) if dev is CPU else dev.concatenate([g_h, g_c], 1)
 
 
 def aux_loss(prediction, target, reduction="sum"):
     """||a - g_hat_{t+T}||^2 (reduction "sum", the paper's) or its mean over the entries."""
-    return ops.mse_loss(prediction, Tensor(np.asarray(target, dtype=prediction.dtype)), reduction=reduction)
+    return ops.mse_loss(prediction, Tensor(target, dtype=prediction.dtype), reduction=reduction)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function
+from ..device import CPU
 from ..tensor import Tensor
 
 
@@ -32,26 +33,41 @@ class MaskedBitLoss(Function):
     @staticmethod
     def forward(ctx, z, y, mask):
         B = z.shape[1]
-        per_bit = _softplus(z.astype(np.float64)) - y * z                            # (N, B, K)
-        loss = (per_bit * mask[:, :, None]).sum() / B
         ctx.save_for_backward(z, y, mask)
-        return np.asarray(loss, dtype=z.dtype)
+        dev = ctx.device
+        if dev is CPU:
+            per_bit = _softplus(z.astype(np.float64)) - y * z                        # (N, B, K)
+            loss = (per_bit * mask[:, :, None]).sum() / B
+            return np.asarray(loss, dtype=z.dtype)
+        # the same arithmetic in the same order through the device's primitives
+        z64, u = dev.cast(z, np.float64), dev.unary
+        softplus = dev.binary("add", u("relu", z64), u("log1p", u("exp", u("neg", u("abs", z64)))))
+        per_bit = dev.binary("sub", softplus, dev.cast(dev.binary("mul", y, z), np.float64))  # NumPy's promotions
+        m = dev.cast(dev.reshape(mask, tuple(mask.shape) + (1,)), np.float64)
+        loss = dev.binary("div", dev.reduce("sum", dev.binary("mul", per_bit, m)), B)
+        return dev.cast(loss, z.dtype)
 
     @staticmethod
     def backward(ctx, g):
         z, y, mask = ctx.saved
-        sig = 1.0 / (1.0 + np.exp(-z))
-        dz = (g / z.shape[1]) * mask[:, :, None] * (sig - y)
-        return dz.astype(z.dtype), None, None
+        dev = ctx.device
+        if dev is CPU:
+            sig = 1.0 / (1.0 + np.exp(-z))
+            dz = (g / z.shape[1]) * mask[:, :, None] * (sig - y)
+            return dz.astype(z.dtype), None, None
+        sig = dev.binary("div", 1.0, dev.binary("add", 1.0, dev.unary("exp", dev.unary("neg", z))))
+        m = dev.reshape(mask, tuple(mask.shape) + (1,))
+        dz = dev.binary("mul", dev.binary("mul", dev.binary("div", g, z.shape[1]), m), dev.binary("sub", sig, y))
+        return dev.cast(dz, z.dtype), None, None
 
 
 def bit_loss(logits, targets, mask):
     """MaskedBitLoss of logits (N, B, K) against arrays targets (N, B, K) and mask (N, B)."""
-    targets, mask = np.asarray(targets, dtype=logits.dtype), np.asarray(mask, dtype=logits.dtype)
-    if targets.shape != logits.shape or mask.shape != logits.shape[:2]:
+    targets, mask = Tensor(targets, dtype=logits.dtype), Tensor(mask, dtype=logits.dtype)    # (on logits' device)
+    if targets.shape != logits.shape or tuple(mask.shape) != tuple(logits.shape)[:2]:
         raise ValueError(f"bit_loss: logits {logits.shape} need targets of the same shape and a mask of shape "
-                         f"{logits.shape[:2]}; got targets {targets.shape}, mask {mask.shape}")
-    return MaskedBitLoss.apply(logits, Tensor(targets), Tensor(mask))
+                         f"{tuple(logits.shape)[:2]}; got targets {targets.shape}, mask {mask.shape}")
+    return MaskedBitLoss.apply(logits, targets, mask)
 
 
 def bit_errors(logits, targets, mask):

@@ -31,9 +31,8 @@ is scale_target=True: a discounted target. The text does not settle it, so both 
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import ops
+from ..device import CPU, device_of
 from ..tensor import Tensor
 
 
@@ -56,9 +55,10 @@ def inject(h_T, c_T, g_h, g_c):
 
 def arrived_gradient(h0, c0):
     """[dh0 | dc0] (B, 2H): the gradient that reached the window's start leaves -- the bootstrapped target."""
-    dh = h0.grad if h0.grad is not None else np.zeros_like(h0.data)
-    dc = c0.grad if c0.grad is not None else np.zeros_like(c0.data)
-    return np.concatenate([dh, dc], axis=1)
+    dev = device_of(h0.data, CPU)
+    dh = h0.grad if h0.grad is not None else dev.zeros(h0.shape, h0.dtype)
+    dc = c0.grad if c0.grad is not None else dev.zeros(c0.shape, c0.dtype)
+    return dev.concatenate([dh, dc], 1)
 
 
 def synthesizer_loss(prediction, target, scale, scale_target, reduction="sum"):
@@ -66,4 +66,4 @@ def synthesizer_loss(prediction, target, scale, scale_target, reduction="sum"):
     if prediction.shape != target.shape:
         raise ValueError(f"synthesizer_loss: prediction {prediction.shape} and target {target.shape} must match")
     used = prediction if scale_target or scale == 1.0 else prediction * scale
-    return ops.mse_loss(used, Tensor(np.asarray(target, dtype=prediction.dtype)), reduction=reduction)
+    return ops.mse_loss(used, Tensor(target, dtype=prediction.dtype), reduction=reduction)

@@ -14,6 +14,10 @@ Like dni.Runner, there is one small method per event kind over a key-value `stor
 `episode` keeps what the last episode produced (per window: its loss; the synthetic gradient used at its end; the
 target M was trained on; the Aux target), so lessons and tests can look inside.
 
+Devices (minidni.device): `learner.to("cuda")` moves every module and optimizer state; the episode's arrays then go
+to the device once per episode (or window), the state stays there, and only the losses and the logits (one copy per
+episode, for the bit errors) come back.
+
 update=False turns the optimizer steps off: the gradients of every window then add up in `.grad`, which is how the
 tests compare a whole truncated episode with full BPTT (same parameters in every window).
 """
@@ -23,6 +27,7 @@ import numpy as np
 
 from .. import ops
 from ..autograd import no_grad
+from ..device import CPU, get_device
 from ..optim import Adam
 from ..tensor import Tensor
 from .aux import aux_loss, aux_target
@@ -85,6 +90,31 @@ class RecurrentLearner:
         for p in self.parameters():
             p.grad = None
 
+    @property
+    def device(self):
+        """The device of the core's parameters (minidni.device): where every window computes."""
+        return self.core.parameters()[0].device
+
+    def to(self, device):
+        """Move the core, readout, Aux head, synthesizer and their optimizers' state to `device`; returns self."""
+        dev = get_device(device)
+        for m in (self.core, self.readout, self.aux_head, self.synthesizer):
+            if m is not None and hasattr(m, "to"):
+                m.to(dev)
+        for opt in (self.optimizer, self.synth_optimizer):
+            if opt is not None:
+                opt.to(dev)
+        return self
+
+    def _on_device(self, *arrays):
+        """The host arrays of an episode or window on the learner's device (the same arrays on the cpu)."""
+        dev = self.device
+        return arrays if dev is CPU else tuple(dev.from_host(np.asarray(a)) for a in arrays)
+
+    def _zero_state(self, batch, dtype):
+        zeros = self.device.zeros((batch, self.hidden_size), dtype)
+        return zeros, zeros
+
     # ---- one episode ----------------------------------------------------------------------------------------------
     def train_episode(self, inputs, targets, mask):
         """Run the schedule over one batch of episodes: inputs (n, B, I), targets (n, B, K), mask (n, B), arrays.
@@ -95,15 +125,16 @@ class RecurrentLearner:
             pass
         ep = self.episode
         mean = lambda d: float(np.mean(list(d.values()))) if d else 0.0  # noqa: E731
-        return {"loss": float(sum(ep["loss"].values())), "logits": np.concatenate(ep["logits"], axis=0),
+        dev = self.device
+        logits = np.concatenate(ep["logits"], axis=0) if dev is CPU else dev.to_host(dev.concatenate(ep["logits"], 0))
+        return {"loss": float(sum(ep["loss"].values())), "logits": logits,
                 "synth_loss": mean(ep["synth_loss"]), "aux_loss": mean(ep["aux_loss"])}
 
     def steps(self, inputs, targets, mask):
         """Run the episode one event at a time: yields (event, store) after each, for lessons to look inside."""
         n, B = inputs.shape[:2]
-        zeros = np.zeros((B, self.hidden_size), dtype=inputs.dtype)
-        self._data, self._n_steps, self._offset = (inputs, targets, mask), n, 0
-        store = {("state", 0): (zeros, zeros)}
+        self._data, self._n_steps, self._offset = self._on_device(inputs, targets, mask), n, 0
+        store = {("state", 0): self._zero_state(B, inputs.dtype)}
         self.episode = {"loss": {}, "synthetic": {}, "target": {}, "aux_target": {}, "synth_loss": {},
                         "aux_loss": {}, "logits": []}
         self.zero_grad()
@@ -171,7 +202,8 @@ class RecurrentLearner:
         _, prediction = store[("end", k)]                                 # made at s_k, from window k-1
         g_h, g_c = self.episode["synthetic"].get(k, (None, None))          # used at s_{k+1}: T steps later
         if g_h is None:                                                   # the episode's end: the future gradient is 0
-            g_h = g_c = np.zeros_like(store[("state", k + 1)][0])
+            h_next = store[("state", k + 1)][0]
+            g_h = g_c = self.device.zeros(h_next.shape, h_next.dtype)
         target = aux_target(g_h, g_c)
         self.episode["aux_target"][k] = target
         loss = aux_loss(prediction, target, self.synth_loss)
@@ -187,8 +219,7 @@ class RecurrentLearner:
     # ---- an endless stream: one window per call, the state carried (language modelling) ------------------------------
     def start_stream(self, batch_size, dtype=np.float32):
         """Begin a stream of contiguous windows (e.g. PTB rows, data.ptb.BPTTIterator): zero state, window 0."""
-        zeros = np.zeros((batch_size, self.hidden_size), dtype=dtype)
-        self.stream = {"k": 0, "store": {("state", 0): (zeros, zeros)}, "last": None}
+        self.stream = {"k": 0, "store": {("state", 0): self._zero_state(batch_size, dtype)}, "last": None}
 
     def train_window(self, inputs, targets, mask):
         """Window k of the stream: inputs (T, B, I), targets, mask continue where the last call stopped.
@@ -200,10 +231,11 @@ class RecurrentLearner:
         k, store = s["k"], s["store"]
         if inputs.shape[0] != T:
             raise ValueError(f"train_window: a window of the stream has T = {T} steps; received {inputs.shape[0]}")
+        dev = self.device
         if self.schedule.keeps_graph:          # what rebuilds window k's kept graph after a resume (stream_state)
-            s["last"] = (store[("state", k)], inputs, [p.data.copy() for p in self._end_parameters()])
+            s["last"] = (store[("state", k)], inputs, [dev.copy(p.data) for p in self._end_parameters()])
         mask = np.ones(inputs.shape[:2], dtype=inputs.dtype) if mask is None else mask      # None: every step counts
-        self._data, self._n_steps, self._offset = (inputs, targets, mask), (k + 2) * T, k * T
+        self._data, self._n_steps, self._offset = self._on_device(inputs, targets, mask), (k + 2) * T, k * T
         self.episode = {"loss": {}, "synthetic": {}, "target": {}, "aux_target": {}, "synth_loss": {},
                         "aux_loss": {}, "logits": []}
         self.zero_grad()
@@ -226,43 +258,47 @@ class RecurrentLearner:
     def stream_state(self):
         """{name: array} of the stream, for a checkpoint: the window count and the carried state; where the next
         window needs the last one's graph (Aux, synth_to_core), that window's start state, inputs and parameters."""
-        s = self.stream
+        s, host = self.stream, self.device.host_copy
         h, c = self.carried_state
-        out = {"k": np.asarray(s["k"]), "h": h, "c": c}
+        out = {"k": np.asarray(s["k"]), "h": host(h), "c": host(c)}
         if self.schedule.keeps_graph and s["last"] is not None:
             (h0, c0), inputs, params = s["last"]
-            out.update({"last/h": h0, "last/c": c0, "last/inputs": inputs})
-            out.update({f"last/param.{i}": p for i, p in enumerate(params)})
+            out.update({"last/h": host(h0), "last/c": host(c0), "last/inputs": inputs})
+            out.update({f"last/param.{i}": host(p) for i, p in enumerate(params)})
         return out
 
     def load_stream_state(self, state):
         """Continue the stream saved by stream_state, exactly: the kept graph of the last window is rebuilt by running
         its forward again with the parameters it ran with (then the current ones are put back, in place)."""
-        k = int(state["k"])
-        self.stream = {"k": k, "store": {("state", k): (state["h"].copy(), state["c"].copy())}, "last": None}
+        k, dev = int(state["k"]), self.device
+        on = lambda a: np.array(a, copy=True) if dev is CPU else dev.from_host(np.asarray(a))  # noqa: E731
+        self.stream = {"k": k, "store": {("state", k): (on(state["h"]), on(state["c"]))}, "last": None}
         if not (self.schedule.keeps_graph and "last/h" in state):
             return
         params = self._end_parameters()
-        saved = [state[f"last/param.{i}"] for i in range(len(params))]
-        now = [p.data.copy() for p in params]
+        saved = [on(state[f"last/param.{i}"]) for i in range(len(params))]
+        now = [dev.copy(p.data) for p in params]
         for p, v in zip(params, saved):
-            np.copyto(p.data, v)
-        h0, c0 = start_leaves((state["last/h"], state["last/c"]))
-        outs, (h, c) = self.core([Tensor(x) for x in state["last/inputs"]], state=(h0, c0))
+            dev.assign(p.data, v)
+        last = (on(state["last/h"]), on(state["last/c"]))
+        h0, c0 = start_leaves(last)
+        inputs, = self._on_device(state["last/inputs"])
+        outs, (h, c) = self.core([Tensor(inputs[t]) for t in range(inputs.shape[0])], state=(h0, c0))
         self.stream["store"][("end", k)] = (h, self.aux_head(h) if self.aux_head is not None else None)
         for p, v in zip(params, now):
-            np.copyto(p.data, v)
-        self.stream["last"] = ((state["last/h"], state["last/c"]), state["last/inputs"], saved)
+            dev.assign(p.data, v)
+        self.stream["last"] = (last, state["last/inputs"], saved)
 
     # ---- evaluation, learning rate, state ---------------------------------------------------------------------------
     @no_grad()
     def predict(self, inputs):
         """Logits (n, B, K) of the whole episode in one forward pass (no truncation is needed going forward)."""
         n, B = inputs.shape[:2]
-        zeros = np.zeros((B, self.hidden_size), dtype=inputs.dtype)
-        outs, _ = self.core([Tensor(inputs[t]) for t in range(n)], state=(Tensor(zeros), Tensor(zeros)))
-        logits = self.readout(ops.concat(outs, axis=0))
-        return logits.data.reshape(n, B, -1)
+        inputs, = self._on_device(inputs)
+        h0, c0 = self._zero_state(B, inputs.dtype)
+        outs, _ = self.core([Tensor(inputs[t]) for t in range(n)], state=(Tensor(h0), Tensor(c0)))
+        logits = self.readout(ops.concat(outs, axis=0)).numpy()           # to the host: the bit errors are counted there
+        return logits.reshape(n, B, -1)
 
     def set_lr(self, lr):
         """The core's learning rate (the synthesizer keeps the rate its optimizer was made with)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import nn
 from ..autograd import no_grad
+from ..device import CPU, device_of
 from ..tensor import Tensor
 
 
@@ -49,10 +50,10 @@ class RecurrentSynthesizer(nn.Module):
         ignored here; an oracle uses it."""
         with no_grad():
             g = self.net(Tensor(h)).data                  # (B, 2H)
+        dev = device_of(g, CPU)
         if self.scale != 1.0:
-            g = g * self.scale
-        H = self.hidden_size
-        return g[:, :H], g[:, H:]
+            g = dev.binary("mul", g, self.scale)
+        return dev.split(g, [self.hidden_size], 1)       # views g[:, :H], g[:, H:] on the cpu
 
     def __repr__(self):
         body = " -> ".join(["h", *(f"{w} ReLU" for w in self.hidden), f"[g_h, g_c] ({2 * self.hidden_size})"])
@@ -73,7 +74,8 @@ class RecurrentOracle:
 
     def synthetic_gradient(self, h, t=None):
         if t not in self.grads:
-            return np.zeros_like(h), np.zeros_like(h)
+            dev = device_of(h, CPU)
+            return dev.zeros(h.shape, h.dtype), dev.zeros(h.shape, h.dtype)
         g_h, g_c = self.grads[t]
         if g_h.shape != h.shape or g_c.shape != h.shape:
             raise ValueError(f"RecurrentOracle: the gradients for step {t} have shapes {g_h.shape}, {g_c.shape}; "

@@ -238,9 +238,7 @@ def run_copy(config, out_dir, method, name, *, resume=False, quiet=False, hooks=
                                               "data_rng": data_rng.bit_generator.state, "window": window,
                                               "wall_time_s": wall + time.perf_counter() - t_start})
 
-    if config.device != "cpu":
-        raise ConfigError(f"{name}: device = {config.device!r}, but the LSTM ops run on the cpu only (they are not "
-                          "routed through the device primitives yet); use --device cpu")
+    learner.to(config.device)          # the episodes go there one batch at a time; the logits come back for the score
     t_start = time.perf_counter()
     with kernels.use_backend(config.backend):
         try:

@@ -36,6 +36,7 @@ from .. import kernels, ops
 from ..autograd import no_grad
 from ..config import Config, ConfigError, TrainConfig, override, param, to_toml
 from ..data.ptb import BPTTIterator, CharCorpus, CharVocab, load_ptb_chars
+from ..device import CPU, device_of
 from ..tensor import Tensor
 from ..train import CHECKPOINT, CONFIG, CURVES, METRICS, SUMMARY, read_checkpoint, versions, write_checkpoint
 from . import register
@@ -62,7 +63,8 @@ def char_loss(logits, targets, mask=None):
     Summed over time like bits.bit_loss, so a window's gradient and the synthesizer's targets keep one scale
     whatever T is. (mask is unused: every character is predicted.)"""
     n, B, V = logits.shape
-    return ops.cross_entropy(ops.reshape(logits, (n * B, V)), np.asarray(targets).reshape(-1)) * float(n)
+    flat = np.asarray(targets).reshape(-1) if device_of(targets, CPU) is CPU else targets.reshape(n * B)
+    return ops.cross_entropy(ops.reshape(logits, (n * B, V)), flat) * float(n)
 
 
 def bits_per_char(nats, chars):
@@ -75,13 +77,14 @@ def evaluate_bpc(core, readout, ids, vocab_size, rows=32, window=100):
     """BPC of the model on a stream of ids: cut into `rows` contiguous rows, read `window` characters at a time with
     the state carried (zeros at each row's start). Returns (bpc, number of predicted characters)."""
     it = BPTTIterator(ids, rows, window)
-    zeros = np.zeros((rows, core.hidden_size), dtype=np.float32)
+    dev = core.W_x.device                                                 # the model's device; only the loss comes back
+    zeros = dev.zeros((rows, core.hidden_size), np.float32)
     state, nats, count = (Tensor(zeros), Tensor(zeros)), 0.0, 0
     for x, y in it:
-        outs, (h, c) = core(Tensor(one_hot(x, vocab_size)), state=state)
+        outs, (h, c) = core(Tensor(one_hot(x, vocab_size)).to(dev), state=state)
         state = (h, c)
-        logits = readout(ops.concat(outs, axis=0)).data                  # (n B, V)
-        nats += float(char_loss(Tensor(logits.reshape(len(x), rows, vocab_size)), y).item()) * rows
+        logits = readout(ops.concat(outs, axis=0))                        # (n B, V)
+        nats += float(char_loss(ops.reshape(logits, (len(x), rows, vocab_size)), y).item()) * rows
         count += y.size
     return bits_per_char(nats, count), count
 
@@ -128,9 +131,6 @@ class PTBConfig(TrainConfig):
         if self.eval_test:
             raise ConfigError(f"{name}: eval_test is not supported; the test BPC is measured once, at the best "
                               "validation")
-        if getattr(self, "device", "cpu") != "cpu":
-            raise ConfigError(f"{name}: device = {self.device!r}: the character model runs on the CPU only for now "
-                              "(device = \"cpu\")")
 
     def total_steps(self):
         return self.steps or max(1, self.train_chars // (self.T * self.batch_size))
@@ -206,7 +206,7 @@ def run_ptb(config, out_dir, method, name, *, resume=False, quiet=False, hooks=(
     corpus = load_corpus(config)
     V = len(corpus.vocab)
     total = config.total_steps()
-    learner = build_learner(config, method, V)
+    learner = build_learner(config, method, V).to(config.device)     # checkpoints load into it there
     train = BPTTIterator(corpus.train, config.batch_size, config.T, drop_last=True)
     if len(train) == 0:
         raise ConfigError(f"{name}: the training text ({len(corpus.train)} characters) is too short for "
@@ -357,17 +357,18 @@ def sample(core, readout, vocab, chars=200, temperature=1.0, seed=0, prime=""):
     rng = np.random.default_rng(seed)
     V = len(vocab)
     start = prime or ("\n" if "\n" in vocab.index else vocab.chars[0])
-    zeros = np.zeros((1, core.hidden_size), dtype=np.float32)
-    outs, state = core(Tensor(one_hot(vocab.encode(start)[:, None], V)), state=(Tensor(zeros), Tensor(zeros)))
-    logits = readout(outs[-1]).data[0].astype(np.float64)
+    dev = core.W_x.device
+    zeros = dev.zeros((1, core.hidden_size), np.float32)
+    outs, state = core(Tensor(one_hot(vocab.encode(start)[:, None], V)).to(dev), state=(Tensor(zeros), Tensor(zeros)))
+    logits = readout(outs[-1]).numpy()[0].astype(np.float64)
     ids = []
     for _ in range(chars):
         z = logits / temperature
         p = np.exp(z - z.max())
         i = int(rng.choice(V, p=p / p.sum()))
         ids.append(i)
-        outs, state = core(Tensor(one_hot(np.array([[i]]), V)), state=state)
-        logits = readout(outs[-1]).data[0].astype(np.float64)
+        outs, state = core(Tensor(one_hot(np.array([[i]]), V)).to(dev), state=state)
+        logits = readout(outs[-1]).numpy()[0].astype(np.float64)
     return vocab.decode(np.array(ids, dtype=np.int64))
 
 

@@ -51,6 +51,7 @@ from ..autograd import no_grad
 from ..config import ConfigError, TrainConfig, param, to_toml
 from ..data.digit_streams import DigitStreams
 from ..data.mnist import load_mnist
+from ..device import CPU, count_correct, device_of, get_device
 from ..dni.boundary import synthesizer_loss
 from ..dni.schedules import Event, check, format_grid, sort_events
 from ..dni.synthesizer import Synthesizer
@@ -189,7 +190,7 @@ class NetworkB(nn.Module):
 
 
 def _count(logits, labels):
-    return int((logits.data.argmax(axis=1) == labels).sum())
+    return count_correct(logits.data, labels)          # on a device only the count comes back
 
 
 class TwoTimescaleLearner:
@@ -210,9 +211,30 @@ class TwoTimescaleLearner:
             self.synth_scale, self.scale_target = config.synth_scale, config.scale_target
             self.opt_M = Adam(self.M.parameters(), lr=config.synth_lr)
         self.windows = 0                                  # windows trained
-        zeros = lambda n: (np.zeros((config.batch_size, n), np.float32),) * 2  # noqa: E731
-        self.state = {"A": zeros(config.hidden), "B": zeros(config.hidden_b)}
+        self.state = {"A": self._zeros(config.batch_size, config.hidden),
+                      "B": self._zeros(config.batch_size, config.hidden_b)}
         self.last = {}                                    # what the last window did: synthetic and true gradients
+
+    # ---- where it runs ----------------------------------------------------------------------------------------------
+    @property
+    def device(self):
+        """The device of A's parameters (minidni.device): where every step computes."""
+        return self.A.cell.W_x.device
+
+    def to(self, device):
+        """Move A, B, M, their optimizers' state and the carried states to `device`; returns self."""
+        dev = get_device(device)
+        for m in self.modules().values():
+            m.to(dev)
+        for opt in (self.opt_A, self.opt_B, self.opt_M):
+            if opt is not None:
+                opt.to(dev)
+        self.state = {net: tuple(dev.from_host(device_of(s, CPU).to_host(s)) for s in pair)
+                      for net, pair in self.state.items()}
+        return self
+
+    def _zeros(self, batch, width):
+        return (self.device.zeros((batch, width), np.float32),) * 2
 
     # ---- running a window -------------------------------------------------------------------------------------------
     def train_window(self, x, a_labels, b_labels):
@@ -226,8 +248,7 @@ class TwoTimescaleLearner:
         """Accuracy of A and B on n_windows of fresh `streams`, batch norm in eval mode, only the forward events."""
         self.A.eval(), self.B.eval()
         B = streams.batch_size
-        state = {"A": (np.zeros((B, self.A.cell.hidden_size), np.float32),) * 2,
-                 "B": (np.zeros((B, self.B.cell.hidden_size), np.float32),) * 2}
+        state = {"A": self._zeros(B, self.A.cell.hidden_size), "B": self._zeros(B, self.B.cell.hidden_size)}
         total = {"correct_a": 0, "n_a": 0, "correct_b": 0, "n_b": 0, "loss_a": 0.0, "loss_b": 0.0}
         for w in range(n_windows):
             events = [e for e in self.schedule.window_events(w) if e.kind == "forward"]
@@ -251,7 +272,10 @@ class TwoTimescaleLearner:
         self.windows += 1
 
     def _steps(self, events, w, data, state):
-        self._data, self._w, self._state = data, w, state
+        x, a_labels, b_labels = data
+        if self.device is not CPU:                       # the window's digits go to the device once; labels stay here
+            x = self.device.from_host(np.asarray(x))
+        self._data, self._w, self._state = (x, a_labels, b_labels), w, state
         self._stats = {"correct_a": 0, "n_a": 0, "correct_b": 0, "n_b": 0, "loss_a": 0.0, "loss_b": 0.0,
                        "synth_loss": None, "synth_rel": None}
         store = {("hA", w * self.schedule.steps_per_window): tuple(Tensor(s) for s in state["A"]),
@@ -323,8 +347,9 @@ class TwoTimescaleLearner:
         if e.kind == "update_synthetic":
             (_, k), = msgs
             m = store[("msg", k)]
-            with no_grad():
-                g_hat = self.synth_scale * self.M(Tensor(m.data)).data / len(m.data)   # per example / B
+            dev = self.device
+            with no_grad():                                          # per example / B
+                g_hat = dev.binary("div", dev.binary("mul", self.M(Tensor(m.data)).data, self.synth_scale), m.shape[0])
             self.last.setdefault("synthetic", {})[k] = g_hat
             total = total + ops.sum(m * Tensor(g_hat))
         elif e.kind == "backprop":
@@ -337,15 +362,17 @@ class TwoTimescaleLearner:
     def _train_M(self, e, store):
         msgs = [store.pop(key).data for key in e.reads if key[0] == "msg"]
         grads = [store.pop(key) for key in e.reads if key[0] == "dmsg"]
-        target = np.concatenate(grads, axis=0) * len(grads[0])        # (T B, message): B * dL_B/dm_k, per example
-        pred = self.M(Tensor(np.concatenate(msgs, axis=0)))          # M(m), raw
+        dev = self.device
+        target = dev.binary("mul", dev.concatenate(grads, 0), grads[0].shape[0])  # (T B, message): B dL_B/dm_k
+        pred = self.M(Tensor(dev.concatenate(msgs, 0)))              # M(m), raw
         loss = synthesizer_loss(pred, target, self.synth_scale, self.scale_target, reduction="sum")
         self.opt_M.zero_grad()
         loss.backward()
         self.opt_M.step()
         # the loss relative to ||g||^2: 1 is a synthesizer that says 0, below 1 it explains part of B's gradient
         self._stats["synth_loss"] = loss.item()
-        self._stats["synth_rel"] = loss.item() / max(float((target ** 2).sum()), 1e-30)
+        g2 = float(dev.to_host(dev.reduce("sum", dev.unary("square", target))))
+        self._stats["synth_rel"] = loss.item() / max(g2, 1e-30)
 
     # ---- state ------------------------------------------------------------------------------------------------------
     def modules(self):
@@ -360,7 +387,7 @@ class TwoTimescaleLearner:
             if opt is not None:
                 state.update({f"optim_{name}/{k}": v for k, v in opt.state_dict().items()})
         for net in ("A", "B"):
-            state[f"state_{net}/h"], state[f"state_{net}/c"] = self.state[net]
+            state[f"state_{net}/h"], state[f"state_{net}/c"] = (self.device.host_copy(s) for s in self.state[net])
         return state
 
     def load_state_dict(self, state):
@@ -370,8 +397,9 @@ class TwoTimescaleLearner:
         for name, opt in (("A", self.opt_A), ("B", self.opt_B), ("M", self.opt_M)):
             if opt is not None:
                 opt.load_state_dict(part(f"optim_{name}/"))
+        dev = self.device
         for net in ("A", "B"):
-            self.state[net] = (np.array(state[f"state_{net}/h"]), np.array(state[f"state_{net}/c"]))
+            self.state[net] = tuple(dev.from_host(np.array(state[f"state_{net}/{s}"])) for s in ("h", "c"))
 
 
 # ---- the config ------------------------------------------------------------------------------------------------------
@@ -476,13 +504,10 @@ def compare(run_dirs, plot=None, levels_a=(0.86, 0.88, 0.90), levels_b=(0.5, 0.6
 def run_two_timescale(config, out_dir, method, name, *, resume=False, quiet=False, hooks=()):
     """Train `method` for config.steps windows; returns the summary dict. Each hook is called as
     hook(window, stats, learner) after every window."""
-    if config.device != "cpu":
-        raise ConfigError(f"{name}: device = {config.device!r}, but the LSTM ops run on the cpu only (they are not "
-                          "routed through the device primitives yet); use --device cpu")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mnist = load_mnist(validation=0)
-    learner = TwoTimescaleLearner(config, method)
+    learner = TwoTimescaleLearner(config, method).to(config.device)   # checkpoints load into it there
     streams = DigitStreams(mnist.train.x, mnist.train.y, config.T, config.batch_size,
                            np.random.default_rng([config.seed, 1]))
     step, records, wall = 0, [], 0.0

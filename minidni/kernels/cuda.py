@@ -60,7 +60,8 @@ def arr4(f):
 
 
 # ---- elementwise ops: op codes and the scalar functions they name ----------------------------------------------------
-UNARY = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "abs": 4, "square": 5, "relu": 6, "tanh": 7, "sigmoid": 8, "sign": 9}
+UNARY = {"neg": 0, "exp": 1, "log": 2, "sqrt": 3, "abs": 4, "square": 5, "relu": 6, "tanh": 7, "sigmoid": 8, "sign": 9,
+         "log1p": 10}
 BINARY = {"add": 0, "sub": 1, "mul": 2, "div": 3, "pow": 4, "maximum": 5, "minimum": 6,
           "gt": 7, "ge": 8, "lt": 9, "le": 10, "eq": 11,
           # the activations' backward passes, binary(op, y, g) with y the forward's output
@@ -95,6 +96,8 @@ def apply_unary(op, x, one):
         return math.tanh(x)
     if op == 8:
         return sigmoid(x, one)
+    if op == 10:
+        return math.log1p(x)
     if x > zero:  # sign, NaN -> NaN
         return one
     if x < zero:

@@ -165,7 +165,7 @@ def _op_code(table, op, what):
 
 
 def unary(op, x):
-    """y = f_op(x) elementwise; op in neg, exp, log, sqrt, abs, square, relu, tanh, sigmoid, sign."""
+    """y = f_op(x) elementwise; op in neg, exp, log, log1p, sqrt, abs, square, relu, tanh, sigmoid, sign."""
     code = _op_code(cu.UNARY, op, "unary")
     y = _empty(x.shape, x.dtype)
     _launch(cu.unary_v1, x.size, code, _flat(x), _flat(y))
