@@ -118,16 +118,19 @@ def build_parser():
                         "must be in the vocabulary); the output continues it")
     _add_debug_flag(sample, argparse.SUPPRESS)
 
-    from .table import DATASETS, METHODS
+    from .table import DATASETS, METHODS, NETS
     from .table_rnn import METHODS as COPY_METHODS
 
-    table = sub.add_parser("table", help="run or collect the paper's MNIST FCN grid and print it beside Table 1",
-                           description="Each cell is a run of mnist-fcn-METHOD in DIR/METHOD-LAYERS/; finished runs "
+    table = sub.add_parser("table", help="run or collect the paper's MNIST FCN or CNN grid and print it beside Table 1",
+                           description="Each cell is a run of mnist-NET-METHOD in DIR/METHOD-LAYERS/; finished runs "
                                        "are reused, interrupted ones resumed. Writes DIR/table.json and table.md.")
     table.add_argument("dataset", choices=DATASETS + ("copy", "rnn"), metavar="DATASET",
                        help="data set: " + ", ".join(DATASETS) + ", copy (Table 2's Copy / Repeat Copy grid, "
                             "minidni/table_rnn.py), or rnn (Copy, Repeat Copy and PTB)")
-    table.add_argument("--layers", type=int, nargs="+", default=[3, 4, 5, 6], metavar="N", help="layer counts (3..6)")
+    table.add_argument("--net", choices=NETS, default="fcn", help="mnist: the FCN rows (default) or the CNN rows "
+                       "(mnist-cnn-*, layers 3 and 4; default --out runs/table-mnist-cnn)")
+    table.add_argument("--layers", type=int, nargs="+", default=None, metavar="N",
+                       help="layer counts (FCN 3..6, the default all four; CNN 3 and 4)")
     table.add_argument("--methods", nargs="+", default=None, choices=METHODS + COPY_METHODS, metavar="M",
                        help="methods: " + ", ".join(METHODS) + " (copy: " + ", ".join(COPY_METHODS) + ")")
     table.add_argument("--T", dest="T", type=int, nargs="+", metavar="T", help="copy: truncation windows (default: "
@@ -339,16 +342,17 @@ def cmd_sample(args, parser):
 def cmd_table(args, parser):
     from .table import METHODS, table
 
-    out = args.out or f"runs/table-{args.dataset}"
+    net = getattr(args, "net", "fcn")
+    out = args.out or f"runs/table-{args.dataset}" + ("" if net == "fcn" else f"-{net}")
     if args.dataset == "copy":
         return _cmd_table_copy(args, out)
     if args.dataset == "rnn":
         return _cmd_table_rnn(args)
     args.methods = args.methods or list(METHODS)
     try:
-        table(args.dataset, layers=args.layers, methods=args.methods, out=out, run=args.run, epochs=args.epochs,
-              steps=args.steps, batch_size=args.batch_size, sets=args.set, quiet=not args.verbose,
-              progress=not args.quiet)
+        table(args.dataset, layers=args.layers or ([3, 4] if net == "cnn" else [3, 4, 5, 6]), methods=args.methods,
+              out=out, run=args.run, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, sets=args.set,
+              quiet=not args.verbose, progress=not args.quiet, net=net)
     except KeyboardInterrupt:
         print(f"\ninterrupted. Continue with: {_command_line(args)}  (finished cells are kept, the interrupted one "
               "resumes from its checkpoint)", file=sys.stderr)

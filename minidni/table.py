@@ -1,10 +1,11 @@
-"""`minidni table mnist`: run (or collect) the grid of Table 1's MNIST FCN rows and print it beside the paper's numbers
-(Jaderberg et al. 2016, Sec. 3.3, Table 1: % test error after 500k iterations of Adam, batch 256).
+"""`minidni table mnist`: run (or collect) the grid of Table 1's MNIST rows, FCN or CNN, and print it beside the paper's
+numbers (Jaderberg et al. 2016, Sec. 3.3, Table 1: % test error after 500k iterations of Adam, batch 256).
 
     minidni table mnist --layers 3 4 5 6 --out runs/table-mnist --epochs 20        run what is missing, then print
     minidni table mnist --out runs/table-mnist --collect                            only read the runs that exist
+    minidni table mnist --net cnn --layers 3 4 --steps 3000 --batch-size 32          the CNN rows (runs/table-mnist-cnn)
 
-Each cell is one run of `mnist-fcn-{method}` in DIR/{method}-{layers}/. A finished run (summary.json) is reused, an
+Each cell is one run of `mnist-{net}-{method}` in DIR/{method}-{layers}/. A finished run (summary.json) is reused, an
 interrupted one resumed, so the command can be stopped (Ctrl-C) and started again with the same command. The budget
 flags set the length of every run; its lr decays at 1/2 and 3/4 of it (lr_decay_at), turned into steps by
 minidni.train.plan, as for `minidni run`. While it runs, a bar counts the cells and the running cell's bar its steps.
@@ -22,11 +23,14 @@ from .experiments import get
 from .progress import Progress, nested
 from .train import CHECKPOINT, CONFIG, RESUME_SAFE, SUMMARY, Diverged
 
-# Table 1 of the paper, MNIST FCN, % test error
+# Table 1 of the paper, MNIST, % test error: the FCN rows, and the CNN rows by net
 PAPER = {"mnist": {3: {"no-bprop": 9.3, "bprop": 2.0, "dni": 1.9, "cdni": 2.2},
                    4: {"no-bprop": 12.6, "bprop": 1.8, "dni": 2.2, "cdni": 1.9},
                    5: {"no-bprop": 16.2, "bprop": 1.8, "dni": 3.4, "cdni": 1.7},
                    6: {"no-bprop": 21.4, "bprop": 1.8, "dni": 4.3, "cdni": 1.6}}}
+PAPER_NETS = {"fcn": PAPER, "cnn": {"mnist": {3: {"no-bprop": 0.9, "bprop": 0.8, "dni": 0.9, "cdni": 1.0},
+                                              4: {"no-bprop": 2.8, "bprop": 0.6, "dni": 0.7, "cdni": 0.8}}}}
+NETS = tuple(PAPER_NETS)
 PAPER_BUDGET = "500k iterations of Adam, batch 256"
 METHODS = ("no-bprop", "bprop", "dni", "cdni")
 TITLES = {"no-bprop": "No-Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI"}
@@ -46,10 +50,10 @@ def budget_overrides(cfg, epochs=None, steps=None, batch_size=None):
     return values
 
 
-def cell_config(method, layers, budget, sets):
+def cell_config(method, layers, budget, sets, net="fcn"):
     """The config of one cell: the experiment's defaults, the layer count, the budget, then the --set values that
     this experiment has (a --set no experiment of the grid knows is an error, raised by `table`)."""
-    name = f"mnist-fcn-{method}"
+    name = f"mnist-{net}-{method}"
     cfg = get(name).config()
     cfg = override(cfg, {"layers": layers}, source="--layers")
     cfg = override(cfg, budget_overrides(cfg, **budget), source="budget flags")
@@ -90,7 +94,7 @@ def check_same_settings(folder, name, cfg):
                           "; rerun with the flags it was started with to continue it, or remove the folder")
 
 
-def run_grid(out_dir, layers, methods, budget, sets, quiet=True, say=print, progress=True):
+def run_grid(out_dir, layers, methods, budget, sets, quiet=True, say=print, progress=True, net="fcn"):
     """Train every cell that has no summary.json yet (resuming from a checkpoint where there is one).
 
     With `progress`, a bar counts the cells (i of n) and the running cell's bar of steps shows below it. A cell that
@@ -104,7 +108,7 @@ def run_grid(out_dir, layers, methods, budget, sets, quiet=True, say=print, prog
             if (folder / SUMMARY).is_file():
                 bar.update(k + 1)
                 continue
-            name, cfg = cell_config(m, n, budget, sets)
+            name, cfg = cell_config(m, n, budget, sets, net)
             resume = (folder / CHECKPOINT).is_file()
             if resume and (folder / CONFIG).is_file():
                 check_same_settings(folder, name, cfg)
@@ -123,14 +127,15 @@ def _pct(summary):
     return None if summary is None or summary.get("test_error") is None else round(100 * summary["test_error"], 2)
 
 
-def build_table(dataset, cells, layers, methods):
+def build_table(dataset, cells, layers, methods, net="fcn"):
     """The table as data: rows of {layers, method: {measured, paper}} plus the budget each run used."""
+    paper = PAPER_NETS[net]
     rows = []
     for n in layers:
         row = {"layers": n}
         for m in methods:
             s = cells.get((m, n))
-            row[m] = {"measured": _pct(s), "paper": PAPER[dataset][n][m],
+            row[m] = {"measured": _pct(s), "paper": paper[dataset][n][m],
                       "val": None if s is None or s.get("val_error") is None else round(100 * s["val_error"], 2),
                       "epochs": None if s is None else s.get("epochs"),
                       "wall_time_s": None if s is None else s.get("wall_time_s"),
@@ -139,7 +144,7 @@ def build_table(dataset, cells, layers, methods):
         rows.append(row)
     budgets = sorted({f"{s['epochs']:g} epochs ({s['steps']} steps, batch {s['config']['batch_size']})"
                       for s in cells.values() if s is not None})
-    return {"dataset": dataset, "what": "% test error, measured (paper)", "paper_budget": PAPER_BUDGET,
+    return {"dataset": dataset, "net": net, "what": "% test error, measured (paper)", "paper_budget": PAPER_BUDGET,
             "measured_budget": budgets, "methods": list(methods), "layers": list(layers), "rows": rows,
             "total_wall_time_s": round(sum(s.get("wall_time_s") or 0 for s in cells.values() if s), 1)}
 
@@ -154,7 +159,7 @@ def format_table(table, markdown=False):
     header = ["layers", *(TITLES[m] for m in methods)]
     rows = [[str(r["layers"]), *(_cell(r[m]) for m in methods)] for r in table["rows"]]
     budget = "; ".join(table["measured_budget"]) or "no runs yet"
-    title = (f"MNIST FCN, % test error: measured ({budget}) and, in brackets, the paper's "
+    title = (f"MNIST {table.get('net', 'fcn').upper()}, % test error: measured ({budget}) and, in brackets, the paper's "
              f"({table['paper_budget']}).")
     return render_rows(title, header, rows, markdown)
 
@@ -171,28 +176,34 @@ def render_rows(title, header, rows, markdown=False):
 
 
 def table(dataset="mnist", layers=(3, 4, 5, 6), methods=METHODS, out=None, run=True, epochs=None, steps=None,
-          batch_size=None, sets=(), quiet=True, say=print, progress=False):
+          batch_size=None, sets=(), quiet=True, say=print, progress=False, net="fcn"):
     """Run (if `run`) and collect the grid; print it; write table.json and table.md into `out`. Returns the table.
 
+    net: "fcn" (mnist-fcn-*) or "cnn" (mnist-cnn-*, the paper's CNN rows, layers 3 and 4).
     quiet: no messages from the runs themselves; progress: bars for the cells and each cell's steps."""
-    if dataset not in PAPER:
-        raise ConfigError(f"table: unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    bad = [n for n in layers if n not in PAPER[dataset]]
+    if net not in PAPER_NETS:
+        raise ConfigError(f"table: unknown net {net!r}; choose one of: {', '.join(NETS)}")
+    paper = PAPER_NETS[net]
+    if dataset not in paper:
+        raise ConfigError(f"table: unknown data set {dataset!r}; choose one of: {', '.join(paper)}")
+    bad = [n for n in layers if n not in paper[dataset]]
     if bad:
-        raise ConfigError(f"table: the paper reports {dataset} with layers {sorted(PAPER[dataset])}; got {bad}")
+        raise ConfigError(f"table: the paper reports {dataset} {net.upper()}s with layers {sorted(paper[dataset])}; "
+                          f"got {bad}")
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"table: unknown method {bad[0]!r}; choose from: {', '.join(METHODS)}")
     sets = parse_sets(sets)
-    unknown = [k for k in sets if not any(k in get(f"mnist-fcn-{m}").config().to_dict() for m in methods)]
+    unknown = [k for k in sets if not any(k in get(f"mnist-{net}-{m}").config().to_dict() for m in methods)]
     if unknown:
-        raise ConfigError(f"--set {unknown[0]}: none of the experiments {', '.join('mnist-fcn-' + m for m in methods)}"
-                          " has this setting (see `minidni show mnist-fcn-dni`)")
-    out = Path(out or f"runs/table-{dataset}")
+        raise ConfigError(f"--set {unknown[0]}: none of the experiments "
+                          f"{', '.join(f'mnist-{net}-' + m for m in methods)} has this setting (see `minidni show "
+                          f"mnist-{net}-dni`)")
+    out = Path(out or f"runs/table-{dataset}" + ("" if net == "fcn" else f"-{net}"))
     budget = {"epochs": epochs, "steps": steps, "batch_size": batch_size}
     if run:
         out.mkdir(parents=True, exist_ok=True)
-        run_grid(out, layers, methods, budget, sets, quiet=quiet, say=say, progress=progress)
+        run_grid(out, layers, methods, budget, sets, quiet=quiet, say=say, progress=progress, net=net)
     elif not out.is_dir():
         raise ConfigError(f"table --collect: {out} does not exist; run the grid first (drop --collect)")
     cells = collect(out, layers, methods)
@@ -200,7 +211,7 @@ def table(dataset="mnist", layers=(3, 4, 5, 6), methods=METHODS, out=None, run=T
         raise ConfigError(f"table --collect: no runs of the grid in {out} (no "
                           f"{', '.join(f'{m}-{n}' for n in layers[:1] for m in methods[:2])}, ... folder with a "
                           f"{SUMMARY}); run the grid first (drop --collect)")
-    result = build_table(dataset, cells, layers, methods)
+    result = build_table(dataset, cells, layers, methods, net)
     (out / "table.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(format_table(result, markdown=True))
     say(format_table(result))

@@ -160,6 +160,26 @@ def test_table_runs_missing_cells(tmp_path, capsys):
     assert "9.3" in capsys.readouterr().out
 
 
+def test_the_cnn_rows_run_and_sit_beside_the_papers(tmp_path, capsys):
+    """`table mnist --net cnn`: cells are mnist-cnn-* runs (the paper's CNN), the paper's CNN rows beside them."""
+    out = tmp_path / "cnn"
+    assert main(["table", "mnist", "--net", "cnn", "--layers", "3", "--methods", "bprop", "cdni", "--out", str(out),
+                 "--quiet", "--steps", "2", "--batch-size", "8", "--set", "channels=4", "--set", "eval_subset=16",
+                 "--set", "diagnose_every=0"]) == 0
+    for cell in ("bprop-3", "cdni-3"):
+        summary = json.loads((out / cell / "summary.json").read_text())
+        assert summary["experiment"] == f"mnist-cnn-{cell[:-2]}" and summary["steps"] == 2
+    text = capsys.readouterr().out
+    assert "MNIST CNN" in text and "(0.8)" in text and "(1.0)" in text
+    table = json.loads((out / "table.json").read_text())
+    assert table["net"] == "cnn" and table["rows"][0]["bprop"]["paper"] == 0.8
+    fake_run(tmp_path / "collected" / "dni-4", 0.0123)
+    assert main(["table", "mnist", "--net", "cnn", "--out", str(tmp_path / "collected"), "--collect"]) == 0
+    assert "1.23 (0.7)" in capsys.readouterr().out           # the default layers of the CNN rows: 3 and 4
+    assert exit_code(["table", "mnist", "--net", "cnn", "--layers", "5", "--collect"]) != 0
+    assert "[3, 4]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,expect", [
     (["run", "mnist-fcn-nope"], "mnist-fcn-cdni"),
     (["table", "cifar"], "mnist"),
