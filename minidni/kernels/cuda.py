@@ -285,6 +285,26 @@ def scatter_add_v1(out, idx, g):
 REDUCE = {"sum": 0, "max": 1, "min": 2, "mean": 3}
 
 
+@device
+def fold(op, acc, v):
+    """One more element v into a running result acc: sum (and mean's sum), or max / min where a NaN wins, as NumPy's."""
+    if op == 0 or op == 3:
+        return acc + v
+    if op == 1:
+        return v if (v > acc or v != v) else acc
+    return v if (not (v >= acc) and acc == acc) else acc
+
+
+@device
+def combine(op, u, v):
+    """Two partial results of a reduction into one (a NaN in either wins for max / min)."""
+    if op == 0 or op == 3:
+        return u + v
+    if op == 1:
+        return u if (u >= v or u != u) else v
+    return u if (u <= v or u != u) else v
+
+
 @kernel(lambda f: (i64, arr3(f), mat(f)))
 def reduce_v1(op, x, out):
     """for a, b:  out[a, b] = reduce_k x[a, k, b]   (sum, max, min or mean; max/min propagate NaN as NumPy)
@@ -298,13 +318,7 @@ def reduce_v1(op, x, out):
         acc = x[a, 0, b]
         for k in range(1, K):
             v = x[a, k, b]
-            if op == 0 or op == 3:
-                acc += v
-            elif op == 1:
-                if v > acc or v != v:
-                    acc = v
-            elif not (v >= acc) and acc == acc:
-                acc = v
+            acc = fold(op, acc, v)
         if op == 3:
             acc = acc / x.dtype.type(K)
         out[a, b] = acc
@@ -328,25 +342,13 @@ def make_reduce_v2(threads, dtype):
         acc = x.dtype.type(0) if (op == 0 or op == 3) else x[a, 0, b]  # idle threads (tid >= K) keep this
         for k in range(tid, K, threads):
             v = x[a, k, b]
-            if op == 0 or op == 3:
-                acc += v
-            elif op == 1:
-                if v > acc or v != v:
-                    acc = v
-            elif not (v >= acc) and acc == acc:
-                acc = v
+            acc = fold(op, acc, v)
         part[tid] = acc
         cuda.syncthreads()
         step = threads // 2
         while step > 0:
             if tid < step:
-                u, v = part[tid], part[tid + step]
-                if op == 0 or op == 3:
-                    part[tid] = u + v
-                elif op == 1:
-                    part[tid] = u if (u >= v or u != u) else v
-                else:
-                    part[tid] = u if (u <= v or u != u) else v
+                part[tid] = combine(op, part[tid], part[tid + step])
             cuda.syncthreads()
             step //= 2
         if tid == 0:
@@ -365,13 +367,7 @@ def combine_rows(part, op, tx, ty, rows):
     step = rows // 2
     while step > 0:
         if ty < step:
-            u, v = part[ty, tx], part[ty + step, tx]
-            if op == 0 or op == 3:
-                part[ty, tx] = u + v
-            elif op == 1:
-                part[ty, tx] = u if (u >= v or u != u) else v
-            else:
-                part[ty, tx] = u if (u <= v or u != u) else v
+            part[ty, tx] = combine(op, part[ty, tx], part[ty + step, tx])
         cuda.syncthreads()
         step //= 2
 
@@ -395,13 +391,7 @@ def make_reduce_v3(bx, by, dtype):
         acc = x.dtype.type(0) if (op == 0 or op == 3) else x[a, 0, bc]
         for k in range(ty, K, by):
             v = x[a, k, bc]
-            if op == 0 or op == 3:
-                acc += v
-            elif op == 1:
-                if v > acc or v != v:
-                    acc = v
-            elif not (v >= acc) and acc == acc:
-                acc = v
+            acc = fold(op, acc, v)
         part[ty, tx] = acc
         cuda.syncthreads()
         combine_rows(part, op, tx, ty, by)
