@@ -302,9 +302,14 @@ def plot_ptb(ptb_out, grid):
     from .experiments.ptb import plot_bpc
 
     runs = {f"{TITLES[m]} T={T}": _val_records(folder(ptb_out, task, m, T)) for task, m, T in grid}
+    Ts = sorted({T for _, _, T in grid})
+    dashes = {"bptt": "-", "dni": "--", "dni-aux": ":"}                    # a colour per T, a line style per method
+    styles = {f"{TITLES[m]} T={T}": {"color": f"C{Ts.index(T) % 10}", "linestyle": dashes.get(m, "-")}
+              for _, m, T in grid}
     runs = {k: v for k, v in runs.items() if v}
     if runs:
-        plot_bpc(runs, Path(ptb_out) / "curves.png", title="PTB: validation bits per character", splits=("val",))
+        plot_bpc(runs, Path(ptb_out) / "curves.png", title="PTB: validation bits per character", splits=("val",),
+                 styles=styles)
 
 
 def table_rnn(tasks=RNN_TASKS, methods=METHODS, Ts=None, copy_out=None, ptb_out=None, run=True, steps=None, sets=(),

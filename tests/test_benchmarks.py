@@ -133,11 +133,14 @@ def test_every_engine_of_bench_engine_trains_in_float32():
         names += ["torch", "torch-fused"]
     except ImportError:
         pass
-    for name in names:
-        for bn in (False, True):
-            step = bench_engine.make_engine(name, 1, bn, x, y)
-            step()
-            assert bench_engine.check_float32(name, step.arrays()) >= 10, name
+    from minidni.kernels import get_backend, use_backend
+
+    with use_backend(get_backend()):         # make_engine switches the global backend (one engine per worker process)
+        for name in names:
+            for bn in (False, True):
+                step = bench_engine.make_engine(name, 1, bn, x, y)
+                step()
+                assert bench_engine.check_float32(name, step.arrays()) >= 10, name
     with pytest.raises(AssertionError, match=r"numpy-loop: every engine must train in float32.*w is float64"):
         bench_engine.check_float32("numpy-loop", {"w": np.ones(2), "b": np.ones(2, np.float32)})
 

@@ -168,9 +168,10 @@ def _head(ids, limit):
 
 
 # ---- the plot ----------------------------------------------------------------------------------------------------------
-def plot_bpc(runs, path, title="", splits=("train", "val")):
+def plot_bpc(runs, path, title="", splits=("train", "val"), styles=None):
     """runs: {label: records}; validation BPC (lines) and training BPC (faint) against characters seen (left) and
-    against training time (right); `splits` picks which."""
+    against training time (right); `splits` picks which. styles: {label: matplotlib line settings} (default: the
+    colour cycle in order)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -178,13 +179,13 @@ def plot_bpc(runs, path, title="", splits=("train", "val")):
     FigureCanvasAgg(fig)
     ax_chars, ax_time = fig.subplots(1, 2, sharey=True)
     for i, (label, records) in enumerate(runs.items()):
-        color = f"C{i}"
+        own = (styles or {}).get(label, {"color": f"C{i % 10}"})
         for split, style in (("train", dict(alpha=0.3)), ("val", dict(marker="."))):
             rows = [r for r in records if r["split"] == split and split in splits]
             if rows:
                 name = f"{label} {split}" if len(runs) > 1 else split
-                ax_chars.plot([r["chars"] for r in rows], [r["bpc"] for r in rows], color=color, label=name, **style)
-                ax_time.plot([r["train_time_s"] for r in rows], [r["bpc"] for r in rows], color=color, **style)
+                ax_chars.plot([r["chars"] for r in rows], [r["bpc"] for r in rows], label=name, **own, **style)
+                ax_time.plot([r["train_time_s"] for r in rows], [r["bpc"] for r in rows], **own, **style)
     ax_chars.set(xlabel="training characters seen", ylabel="bits per character", title="BPC against data")
     ax_time.set(xlabel="training time (s, evaluations excluded)", title="BPC against wall-clock time")
     for ax in (ax_chars, ax_time):
