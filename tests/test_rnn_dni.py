@@ -251,6 +251,26 @@ def test_aux_target_is_the_synthetic_gradient_T_steps_later():
     assert any(not np.allclose(g1, g2) for g1, g2 in zip(grads(plain), grads(lrn)))
 
 
+def test_the_aux_weight_scales_the_aux_gradient_and_zero_turns_it_off():
+    """aux_weight w: the core's gradient is DNI's plus w times the Aux part (float64, nothing moves)."""
+    synth = RecurrentSynthesizer(H, scale=0.1, dtype=np.float64, rng=0)
+    synth.net[-1].weight.data[...] = np.random.default_rng(3).normal(size=(H, 2 * H))
+    x, y, m = episode(7, 1, np.float64)
+    got = {}
+    for method, w in (("dni", 1.0), ("dni-aux", 0.0), ("dni-aux", 1.0), ("dni-aux", 3.0)):
+        lrn = learner(method, 2, synth, dtype=np.float64, update=False, aux_weight=w,
+                      synth_optimizer=lambda ps: SGD(ps, lr=0.0))
+        if lrn.aux_head is not None:
+            lrn.aux_head.linear.weight.data[...] = np.random.default_rng(4).normal(size=(H, 2 * H))
+        lrn.train_episode(x, y, m)
+        got[method, w] = grads(lrn)[:3]                                   # the LSTM's W_x, W_h, b
+    for a, b in zip(got["dni", 1.0], got["dni-aux", 0.0]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
+    for a, one, three in zip(got["dni", 1.0], got["dni-aux", 1.0], got["dni-aux", 3.0]):
+        assert not np.allclose(one, a)
+        np.testing.assert_allclose(three - a, 3 * (one - a), rtol=1e-9, atol=1e-12)
+
+
 def test_synth_to_core_sends_the_synthesizer_loss_into_the_lstm():
     x, y, m = episode(6, 2, np.float64)
     make = lambda to_core: learner("dni", 2, RecurrentSynthesizer(H, dtype=np.float64, rng=0),  # noqa: E731

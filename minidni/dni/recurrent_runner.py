@@ -52,11 +52,13 @@ class RecurrentLearner:
     scale_target     False: scale * M(s) regresses on the target (predicts the whole future gradient); True: M(s)
                      does (a discounted target); see boundary.py
     synth_loss       "sum" (the paper's ||g_hat - g||^2) or "mean" over the entries; the same for the Aux loss
+    aux_weight       the Aux loss's weight against the task loss (the paper: 1)
     loss             loss(logits (n, B, K), targets, mask) -> scalar Tensor for one window (default bits.bit_loss)
     """
 
     def __init__(self, core, readout, schedule, synthesizer=None, aux_head=None, *, optimizer=None,
-                 synth_optimizer=None, scale_target=True, synth_loss="sum", loss=bit_loss, update=True):
+                 synth_optimizer=None, scale_target=True, synth_loss="sum", loss=bit_loss, update=True,
+                 aux_weight=1.0):
         if not isinstance(schedule, TruncatedBPTT):
             raise TypeError(f"RecurrentLearner: schedule must be a dni.tbptt(...) schedule, got {schedule!r}")
         if schedule.synthetic and synthesizer is None:
@@ -68,6 +70,7 @@ class RecurrentLearner:
         self.synthesizer = synthesizer if schedule.synthetic else None
         self.aux_head = aux_head if schedule.aux else None
         self.scale_target, self.synth_loss, self.loss, self.update = bool(scale_target), synth_loss, loss, update
+        self.aux_weight = float(aux_weight)
         optimizer = optimizer or _adam()
         self.optimizer = optimizer(self.core_parameters())
         trainable = self.synthesizer is not None and getattr(self.synthesizer, "trainable", True)
@@ -207,8 +210,8 @@ class RecurrentLearner:
         target = aux_target(g_h, g_c)
         self.episode["aux_target"][k] = target
         loss = aux_loss(prediction, target, self.synth_loss)
-        loss.backward()
-        self.episode["aux_loss"][k] = loss.item()
+        (loss if self.aux_weight == 1.0 else loss * self.aux_weight).backward()
+        self.episode["aux_loss"][k] = loss.item()                         # the unweighted loss
 
     def _do_step_core(self, event, store):
         store.pop(("end", event.batch), None)                             # window k-1's graph is no longer needed

@@ -132,6 +132,7 @@ class CopyConfig(TrainConfig):
                                      "further ahead); false: scale * M(h) does (it predicts the whole future "
                                      "gradient). See dni/boundary.py")
     synth_to_core: bool = param(False, "the synthesizer loss also backpropagates into the LSTM")
+    aux_weight: float = param(1.0, "DNI + Aux: the weight of the Aux loss against the task loss (the paper: 1)", ge=0.0)
     solved_bits: float = param(0.15, "a level is solved below this many bit errors per output step", gt=0.0)
     check_every: int = param(50, "batches between curriculum checks (the error is averaged over them)", ge=1)
     log_every: int = param(50, "write a training record to metrics.jsonl every this many batches", ge=1)
@@ -164,7 +165,7 @@ def recurrent_learner(config, method, n_in, n_out, **learner_options):
     return RecurrentLearner(core, readout, tbptt(config.T, method, config.synth_to_core), synth, aux,
                             optimizer=lambda ps: Adam(ps, lr=config.lr),
                             synth_optimizer=lambda ps: Adam(ps, lr=synth_lr), scale_target=config.scale_target,
-                            **learner_options)
+                            aux_weight=getattr(config, "aux_weight", 1.0), **learner_options)
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class PTBConfig(TrainConfig):
     scale_target: bool = param(True, "true: M(h) regresses on the bootstrapped target; false: scale * M(h) does "
                                      "(see dni/boundary.py)")
     synth_to_core: bool = param(False, "the synthesizer loss also backpropagates into the LSTM")
+    aux_weight: float = param(1.0, "DNI + Aux: the weight of the Aux loss against the task loss (the paper: 1)", ge=0.0)
     eval_count: int = param(20, "validate this many times, evenly over the run (used when eval_every = 0)", ge=0)
     valid_chars: int = param(100_000, "validate on the first this many characters of the validation text (0: all "
                                       "399,782)", ge=0)
