@@ -342,17 +342,15 @@ def cmd_sample(args, parser):
 def cmd_table(args, parser):
     from .table import METHODS, table
 
-    net = getattr(args, "net", "fcn")
-    out = args.out or f"runs/table-{args.dataset}" + ("" if net == "fcn" else f"-{net}")
     if args.dataset == "copy":
-        return _cmd_table_copy(args, out)
+        return _cmd_table_copy(args, args.out or "runs/table-copy")
     if args.dataset == "rnn":
         return _cmd_table_rnn(args)
     args.methods = args.methods or list(METHODS)
     try:
-        table(args.dataset, layers=args.layers or ([3, 4] if net == "cnn" else [3, 4, 5, 6]), methods=args.methods,
-              out=out, run=args.run, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, sets=args.set,
-              quiet=not args.verbose, progress=not args.quiet, net=net)
+        table(args.dataset, layers=args.layers, methods=args.methods, out=args.out, run=args.run, epochs=args.epochs,
+              steps=args.steps, batch_size=args.batch_size, sets=args.set, quiet=not args.verbose,
+              progress=not args.quiet, net=args.net)
     except KeyboardInterrupt:
         print(f"\ninterrupted. Continue with: {_command_line(args)}  (finished cells are kept, the interrupted one "
               "resumes from its checkpoint)", file=sys.stderr)

@@ -144,6 +144,10 @@ class Device:
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype=dtype)
 
+    def empty(self, shape, dtype):
+        """An array to be written over entirely (its values are undefined until then)."""
+        return np.empty(shape, dtype=dtype)
+
     def copy(self, x):
         return x.copy()
 
@@ -254,6 +258,9 @@ class ModuleDevice(Device):
 
     def zeros(self, shape, dtype):
         return self.full(shape, 0, dtype)
+
+    def empty(self, shape, dtype):
+        return self.zeros(shape, dtype)        # not in the contract: zeros are a valid empty array
 
     def copy(self, x):
         return self.backend.copy(x)
@@ -368,6 +375,12 @@ def device_of(array, default=None):
             _BY_TYPE[type(array)] = device
             return device
     return default
+
+
+def move(array, device):
+    """`array` on `device`: the array itself if it is there already, else a copy made through the host."""
+    here = device_of(array, CPU)
+    return array if here is device else device.from_host(here.to_host(array))
 
 
 def common_device(arrays, op):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .device import CPU, device_of, get_device
+from .device import CPU, device_of, get_device, move
 from .tensor import Tensor
 
 _seed_rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ class Module:
                 if isinstance(value, Parameter):
                     _move_tensor(value, dev)
             for name in m._buffers:
-                moved = _move_array(getattr(m, name), dev)
+                moved = move(getattr(m, name), dev)
                 m._buffers[name] = moved
                 object.__setattr__(m, name, moved)
         return self
@@ -218,17 +218,11 @@ def _host_copy(array):
     return np.array(array, copy=True) if device_of(array, CPU) is CPU else device_of(array).host_copy(array)
 
 
-def _move_array(array, dev):
-    """`array` on device `dev`: itself if it is there already, else a copy made through the host."""
-    here = device_of(array, CPU)
-    return array if here is dev else dev.from_host(here.to_host(array))
-
-
 def _move_tensor(t, dev):
     """Move a leaf tensor's data and grad to `dev`, in place (the object stays the same)."""
-    t.data = _move_array(t.data, dev)
+    t.data = move(t.data, dev)
     if t.grad is not None:
-        t.grad = _move_array(t.grad, dev)
+        t.grad = move(t.grad, dev)
 
 
 class Linear(Module):

@@ -997,16 +997,12 @@ def _scratch_array(name, shape, dtype, dev=CPU):
     allocating the window's (T, B, 4H) temporaries afresh every call cost ~1000 page faults per training step.
     (On a device: a fresh array; its allocator caches memory already.)"""
     if dev is not CPU:
-        return dev.zeros(shape, dtype)
+        return dev.empty(shape, dtype)
     a = getattr(_scratch, name, None)
     if a is None or a.shape != shape or a.dtype != dtype:
         a = np.empty(shape, dtype=dtype)
         setattr(_scratch, name, a)
     return a
-
-
-def _empty(dev, shape, dtype):
-    return np.empty(shape, dtype=dtype) if dev is CPU else dev.zeros(shape, dtype)
 
 
 def _matmul_into(dev, a, b, out):
@@ -1076,8 +1072,8 @@ class LSTMCell(Function):
     def forward(ctx, x, h, c, W_x, W_h, b, slot):
         dev = ctx.device
         B, H = c.shape
-        packed = _empty(dev, (2, B, H), c.dtype)
-        gates = _empty(dev, (B, 4 * H), c.dtype)
+        packed = dev.empty((2, B, H), c.dtype)
+        gates = dev.empty((B, 4 * H), c.dtype)
         dev.kernels.lstm_gates_forward(dev.matmul(x, W_x), dev.matmul(h, W_h), b, c, out=(packed[0], packed[1], gates))
         ctx.save_for_backward(x, h, c, W_x, W_h, gates, packed[1], slot)
         return packed
@@ -1114,13 +1110,13 @@ class LSTMSequence(Function):
         T, B, I = x.shape
         H = h0.shape[1]
         # one array holds h_0, h_1..h_T and a copy of c_T: its rows 1..T+1 are the packed result, rows 0..T-1 H_prev
-        hs = _empty(dev, (T + 2, B, H), h0.dtype)
-        cs = _empty(dev, (T + 1, B, H), h0.dtype)
+        hs = dev.empty((T + 2, B, H), h0.dtype)
+        cs = dev.empty((T + 1, B, H), h0.dtype)
         dev.assign(hs[0], h0)
         dev.assign(cs[0], c0)
         zx = _scratch_array("lstm_zx", (T, B, 4 * H), h0.dtype, dev)
         _matmul_into(dev, dev.reshape(x, (T * B, I)), W_x, dev.reshape(zx, (T * B, 4 * H)))
-        gates = _empty(dev, (T, B, 4 * H), h0.dtype)  # not over zx: the kernels vectorise only when outputs overlap no input
+        gates = dev.empty((T, B, 4 * H), h0.dtype)  # not over zx: the kernels vectorise only when outputs overlap no input
         zh = _scratch_array("lstm_zh", (B, 4 * H), h0.dtype, dev)
         for t in range(T):
             _matmul_into(dev, hs[t], W_h, zh)
@@ -1140,7 +1136,7 @@ class LSTMSequence(Function):
         W_hT = dev.transpose(W_h, None)
         dZ = _scratch_array("lstm_dZ", (T, B, 4 * H), g.dtype, dev)
         dc = dev.copy(g[T])  # dL/dc_T, then dL/dc_{t-1} as the loop walks back
-        dh_back = _empty(dev, (B, H), g.dtype)  # dz_{t+1} W_h^T: the gradient reaching h_t through step t+1
+        dh_back = dev.empty((B, H), g.dtype)  # dz_{t+1} W_h^T: the gradient reaching h_t through step t+1
         for t in reversed(range(T)):
             dh = g[t]
             if t < T - 1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .device import CPU, device_of, get_device
+from .device import CPU, device_of, get_device, move
 
 
 class _Cast:
@@ -61,17 +61,15 @@ class Optimizer:
         dev = get_device(device)
         for bufs in self._buffers().values():
             for k, b in enumerate(bufs):
-                if device_of(b, CPU) is not dev:
-                    bufs[k] = dev.from_host(device_of(b, CPU).to_host(b))
+                bufs[k] = move(b, dev)
         return self
 
     def _placed(self, k, p):
         """(device of parameter k, its buffers), the buffers moved first if the parameter moved since."""
         dev = device_of(p.data, CPU)
         bufs = self._buffers()
-        for name, lst in bufs.items():
-            if device_of(lst[k], CPU) is not dev:
-                lst[k] = dev.from_host(device_of(lst[k], CPU).to_host(lst[k]))
+        for lst in bufs.values():
+            lst[k] = move(lst[k], dev)
         return dev, [lst[k] for lst in bufs.values()]
 
     def step(self):  # pragma: no cover - abstract

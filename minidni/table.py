@@ -175,17 +175,19 @@ def render_rows(title, header, rows, markdown=False):
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def table(dataset="mnist", layers=(3, 4, 5, 6), methods=METHODS, out=None, run=True, epochs=None, steps=None,
+def table(dataset="mnist", layers=None, methods=METHODS, out=None, run=True, epochs=None, steps=None,
           batch_size=None, sets=(), quiet=True, say=print, progress=False, net="fcn"):
     """Run (if `run`) and collect the grid; print it; write table.json and table.md into `out`. Returns the table.
 
-    net: "fcn" (mnist-fcn-*) or "cnn" (mnist-cnn-*, the paper's CNN rows, layers 3 and 4).
+    net: "fcn" (mnist-fcn-*) or "cnn" (mnist-cnn-*, the paper's CNN rows); layers None: every depth the paper
+    reports for it (FCN 3..6, CNN 3 and 4).
     quiet: no messages from the runs themselves; progress: bars for the cells and each cell's steps."""
     if net not in PAPER_NETS:
         raise ConfigError(f"table: unknown net {net!r}; choose one of: {', '.join(NETS)}")
     paper = PAPER_NETS[net]
     if dataset not in paper:
         raise ConfigError(f"table: unknown data set {dataset!r}; choose one of: {', '.join(paper)}")
+    layers = sorted(paper[dataset]) if layers is None else list(layers)
     bad = [n for n in layers if n not in paper[dataset]]
     if bad:
         raise ConfigError(f"table: the paper reports {dataset} {net.upper()}s with layers {sorted(paper[dataset])}; "

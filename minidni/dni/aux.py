@@ -41,8 +41,7 @@ class AuxHead(nn.Module):
 
 def aux_target(g_h, g_c):
     """The Aux target: the synthetic gradient [g_h | g_c] used at the boundary T steps later, (B, 2H)."""
-    dev = device_of(g_h, CPU)
-    return np.concatenate([g_h, g_c], axis=1) if dev is CPU else dev.concatenate([g_h, g_c], 1)
+    return device_of(g_h, CPU).concatenate([g_h, g_c], 1)
 
 
 def aux_loss(prediction, target, reduction="sum"):

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import ops
 from ..autograd import no_grad
-from ..device import CPU, get_device
+from ..device import get_device
 from ..optim import Adam
 from ..tensor import Tensor
 from .aux import aux_loss, aux_target
@@ -111,8 +111,7 @@ class RecurrentLearner:
 
     def _on_device(self, *arrays):
         """The host arrays of an episode or window on the learner's device (the same arrays on the cpu)."""
-        dev = self.device
-        return arrays if dev is CPU else tuple(dev.from_host(np.asarray(a)) for a in arrays)
+        return tuple(self.device.from_host(np.asarray(a)) for a in arrays)
 
     def _zero_state(self, batch, dtype):
         zeros = self.device.zeros((batch, self.hidden_size), dtype)
@@ -129,7 +128,7 @@ class RecurrentLearner:
         ep = self.episode
         mean = lambda d: float(np.mean(list(d.values()))) if d else 0.0  # noqa: E731
         dev = self.device
-        logits = np.concatenate(ep["logits"], axis=0) if dev is CPU else dev.to_host(dev.concatenate(ep["logits"], 0))
+        logits = dev.to_host(dev.concatenate(ep["logits"], 0))
         return {"loss": float(sum(ep["loss"].values())), "logits": logits,
                 "synth_loss": mean(ep["synth_loss"]), "aux_loss": mean(ep["aux_loss"])}
 
@@ -274,7 +273,7 @@ class RecurrentLearner:
         """Continue the stream saved by stream_state, exactly: the kept graph of the last window is rebuilt by running
         its forward again with the parameters it ran with (then the current ones are put back, in place)."""
         k, dev = int(state["k"]), self.device
-        on = lambda a: np.array(a, copy=True) if dev is CPU else dev.from_host(np.asarray(a))  # noqa: E731
+        on = lambda a: dev.from_host(np.array(a, copy=True))  # noqa: E731  (a copy: the state dict keeps its own)
         self.stream = {"k": k, "store": {("state", k): (on(state["h"]), on(state["c"]))}, "last": None}
         if not (self.schedule.keeps_graph and "last/h" in state):
             return

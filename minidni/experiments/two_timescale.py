@@ -51,7 +51,7 @@ from ..autograd import no_grad
 from ..config import ConfigError, TrainConfig, param, to_toml
 from ..data.digit_streams import DigitStreams
 from ..data.mnist import load_mnist
-from ..device import CPU, count_correct, device_of, get_device
+from ..device import count_correct, get_device, move
 from ..dni.boundary import synthesizer_loss
 from ..dni.schedules import Event, check, format_grid, sort_events
 from ..dni.synthesizer import Synthesizer
@@ -229,8 +229,7 @@ class TwoTimescaleLearner:
         for opt in (self.opt_A, self.opt_B, self.opt_M):
             if opt is not None:
                 opt.to(dev)
-        self.state = {net: tuple(dev.from_host(device_of(s, CPU).to_host(s)) for s in pair)
-                      for net, pair in self.state.items()}
+        self.state = {net: tuple(move(s, dev) for s in pair) for net, pair in self.state.items()}
         return self
 
     def _zeros(self, batch, width):
@@ -273,8 +272,7 @@ class TwoTimescaleLearner:
 
     def _steps(self, events, w, data, state):
         x, a_labels, b_labels = data
-        if self.device is not CPU:                       # the window's digits go to the device once; labels stay here
-            x = self.device.from_host(np.asarray(x))
+        x = self.device.from_host(np.asarray(x))        # the window's digits go to the device once; labels stay here
         self._data, self._w, self._state = (x, a_labels, b_labels), w, state
         self._stats = {"correct_a": 0, "n_a": 0, "correct_b": 0, "n_b": 0, "loss_a": 0.0, "loss_b": 0.0,
                        "synth_loss": None, "synth_rel": None}
