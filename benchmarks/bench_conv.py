@@ -9,15 +9,21 @@ of load from another process hits both, and the table gives the best and the med
 torch time / our time on the best (>= 1: we are faster). GFLOP/s counts 2 flops per multiply-add of the forward and
 of each gradient computed. Both engines get the same number of threads: torch.set_num_threads(BLAS threads).
 
-    python benchmarks/bench_conv.py                    # every paper shape, batch 32, conv version 3 (the default)
-    python benchmarks/bench_conv.py --versions 2 3     # several versions side by side
+    python benchmarks/bench_conv.py                    # every paper shape, batch 32, conv versions 3 and 4 (the default)
+    python benchmarks/bench_conv.py --versions 2 3 4   # several versions side by side
     python benchmarks/bench_conv.py --batch 64 --samples 15 --only conv
-    python benchmarks/bench_conv.py --only conv --first 0 --pieces     # version 3's forward piece by piece, one core
+    python benchmarks/bench_conv.py --only conv --first 0 --pieces     # the forward piece by piece, one core
+
+Each run writes its rows to benchmarks/results/conv-HOST-STAMP.json (--out to change the folder).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -150,43 +156,65 @@ def pool_cases(batch, samples, torch, first=None):
 
 
 def pieces(batch, samples, torch):
-    """Where version 3's forward goes at issue 14's shape (x batch x64x28x28, W 64x64x5x5), on ONE core: the im2col of
-    every image, the GEMMs it feeds, and PyTorch's forward on one thread, interleaved."""
+    """Where the forward goes on ONE core, at issue 14's shape (x batch x64x28x28, W 64x64x5x5) and at the small map
+    of mnist conv3 (6x6): version 3's im2col of every image, version 4's (in its blocks), the GEMMs they feed (one per
+    image; one per block), and PyTorch's forward on one thread, interleaved."""
     from threadpoolctl import threadpool_limits
 
-    n, c, o, h = batch, 64, 64, 28
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((n, c, h, h), dtype=np.float32)
-    W = rng.standard_normal((o, c, 5, 5), dtype=np.float32)
-    xp, Wm = cpu._pad_nchw(x, 2, 2), W.reshape(o, -1)
-    cols, y = np.empty((c * 25, h * h), np.float32), np.empty((n, o, h * h), np.float32)
+    rows = []
+    for n, c, o, h in ((batch, 64, 64, 28), (batch, 64, 64, 6)):
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+        W = rng.standard_normal((o, c, 5, 5), dtype=np.float32)
+        xp, Wm, L = cpu._pad_nchw(x, 2, 2), W.reshape(o, -1), h * h
+        nb = cpu._images_per_block(n, c * 25, L, 4)
+        cols, y = np.empty((c * 25, h * h), np.float32), np.empty((n, o, h * h), np.float32)
+        block, Y = np.empty((c * 25, nb * L), np.float32), np.empty((o, nb * L), np.float32)
 
-    def im2col():
-        for i in range(n):
-            cpu._im2col_band(xp[i], 5, 5, 1, 1, 0, h, h, cols)
+        def im2col_3():
+            for i in range(n):
+                cpu._im2col_band(xp[i], 5, 5, 1, 1, 0, h, h, cols)
 
-    def gemms():
-        for i in range(n):
-            np.matmul(Wm, cols, out=y[i])
+        def im2col_4():
+            for n0 in range(0, n - nb + 1, nb):
+                cpu._im2col_4(xp, n0, n0 + nb, 5, 5, 1, 1, h, h, block)
 
-    xt, Wt = torch.from_numpy(x), torch.from_numpy(W)
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        times = interleaved([im2col, gemms, lambda: torch.nn.functional.conv2d(xt, Wt, padding=2)], samples)
-    flops = 2 * n * o * c * 25 * h * h
-    print(f"\none core, forward of x {n}x{c}x{h}x{h}, W {o}x{c}x5x5 (best / median ms): im2col {times[0][0]:.1f} / "
-          f"{times[0][1]:.1f}, its GEMMs {times[1][0]:.1f} / {times[1][1]:.1f} ({flops / times[1][0] / 1e6:.0f} "
-          f"GFLOP/s), torch {times[2][0]:.1f} / {times[2][1]:.1f} ({flops / times[2][0] / 1e6:.0f} GFLOP/s)")
+        def gemms_3():
+            for i in range(n):
+                np.matmul(Wm, cols, out=y[i])
+
+        def gemms_4():
+            for n0 in range(0, n - nb + 1, nb):
+                np.matmul(Wm, block, out=Y)
+
+        xt, Wt = torch.from_numpy(x), torch.from_numpy(W)
+        torch.set_num_threads(1)
+        with threadpool_limits(limits=1, user_api="blas"):
+            t = interleaved([im2col_3, im2col_4, gemms_3, gemms_4,
+                             lambda: torch.nn.functional.conv2d(xt, Wt, padding=2)], samples)
+        flops = 2 * n * o * c * 25 * h * h
+        full = n // nb * nb / n   # version 4's pieces cover the whole blocks only
+        print(f"\none core, forward of x {n}x{c}x{h}x{h}, W {o}x{c}x5x5, {nb} images a block in v4 (best / median ms): "
+              f"im2col v3 {t[0][0]:.2f} / {t[0][1]:.2f}, v4 {t[1][0] / full:.2f} / {t[1][1] / full:.2f}; GEMMs v3 "
+              f"{t[2][0]:.2f} / {t[2][1]:.2f} ({flops / t[2][0] / 1e6:.0f} GFLOP/s), v4 {t[3][0] / full:.2f} / "
+              f"{t[3][1] / full:.2f} ({full * flops / t[3][0] / 1e6:.0f} GFLOP/s); torch {t[4][0]:.2f} / {t[4][1]:.2f} "
+              f"({flops / t[4][0] / 1e6:.0f} GFLOP/s)")
+        rows.append({"shape": [n, c, h, h], "filters": o, "images_per_block": nb, "flops": flops,
+                     "ms_best_median": {"im2col_v3": t[0], "im2col_v4": [v / full for v in t[1]], "gemms_v3": t[2],
+                                        "gemms_v4": [v / full for v in t[3]], "torch_forward": t[4]}})
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--samples", type=int, default=9)
-    ap.add_argument("--versions", type=int, nargs="+", default=[3], choices=sorted(cpu.CONV2D_FORWARD_VERSIONS))
+    ap.add_argument("--versions", type=int, nargs="+", default=[3, 4], choices=sorted(cpu.CONV2D_FORWARD_VERSIONS))
     ap.add_argument("--only", choices=("conv", "pool"), default=None)
     ap.add_argument("--first", type=int, default=None, help="only the first N shapes of each table (a smoke test)")
-    ap.add_argument("--pieces", action="store_true", help="also time version 3's forward piece by piece on one core")
+    ap.add_argument("--pieces", action="store_true", help="also time the forward piece by piece on one core")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                    help="folder for the JSON results (default benchmarks/results)")
     args = ap.parse_args()
     import torch
 
@@ -194,6 +222,10 @@ def main():
     torch.set_num_threads(threads)
     print(f"float32, batch {args.batch}, {threads} BLAS threads = torch threads, {args.samples} interleaved samples; "
           f"ms as best / median; ratio = torch best / ours best")
+    record = {"batch": args.batch, "blas_threads": threads, "samples": args.samples, "versions": args.versions,
+              "torch": torch.__version__, "platform": platform.platform(), "conv": [], "pool": [], "pieces": None}
+    if hasattr(os, "getloadavg"):
+        record["load_average_start"] = os.getloadavg()
     if args.only != "pool":
         print(f"\n| conv layer (forward + backward) | {' | '.join(f'v{v} ms' for v in args.versions)} | torch ms | "
               f"{' | '.join(f'v{v} GFLOP/s' for v in args.versions)} | torch GFLOP/s | "
@@ -205,14 +237,25 @@ def main():
             print(f"| {what} | {' | '.join(f'{b:.2f} / {m:.2f}' for b, m in ours)} | {theirs[0]:.2f} / {theirs[1]:.2f}"
                   f" | {' | '.join(f'{flops / b / 1e6:.0f}' for b, _ in ours)} | {flops / theirs[0] / 1e6:.0f} | "
                   f"{' | '.join(f'{theirs[0] / b:.2f}x' for b, _ in ours)} |")
+            record["conv"].append({"layer": what, "flops": flops, "ms_best_median": {
+                **{f"v{v}": list(t) for v, t in zip(versions, ours)}, "torch": list(theirs)},
+                "ratio": {f"v{v}": theirs[0] / b for v, (b, _) in zip(versions, ours)}})
     if args.only != "conv":
         print("\n| pool (forward + backward) | ours ms | torch ms | ours GB/s | torch GB/s | ratio |")
         print("|---|---|---|---|---|---|")
         for what, nbytes, _, ((b, m), (tb, tm)) in pool_cases(args.batch, args.samples, torch, args.first):
             print(f"| {what} | {b:.3f} / {m:.3f} | {tb:.3f} / {tm:.3f} | {nbytes / b / 1e6:.1f} | "
                   f"{nbytes / tb / 1e6:.1f} | {tb / b:.2f}x |")
+            record["pool"].append({"pool": what, "bytes": nbytes, "ms_best_median": {"ours": [b, m], "torch": [tb, tm]},
+                                   "ratio": tb / b})
     if args.pieces:
-        pieces(args.batch, args.samples, torch)
+        record["pieces"] = pieces(args.batch, args.samples, torch)
+    if hasattr(os, "getloadavg"):
+        record["load_average_end"] = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"conv-{platform.node() or 'host'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

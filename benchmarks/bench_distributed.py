@@ -13,6 +13,10 @@ Two nets, batch 256, Adam, float32, trained on the real MNIST (minidni.data, shi
           cost as much as one W x W layer's step, so even a perfect two-worker pipeline is at most
           FLOPs(locked) / FLOPs(busiest module) = 1.44x locked backprop on one thread at K = 2 (2K/(K+1) for
           large W)
+  bottleneck  784 -> W x K -> C -> W x K -> C -> 10 (default C = 256), cut after the first C: the same wide layers,
+          but the modules meet at a narrow layer, so the synthesizer (C + 10 -> C) and the hop (batch x C floats)
+          are cheap; the perfect pipeline is then bounded by the modules' balance alone (module 0 has the input
+          layer, module 1 the output layer): 1.88x at the defaults
 
 Configurations (each net):
 
@@ -99,12 +103,36 @@ def mnist_batches(seed=0, batch=B):
     return BatchIterator(train.x, train.y, batch_size=batch, seed=seed, drop_last=True)
 
 
-def net_layers(net):
-    """(width, hidden layers) of a bench net name: 'mnist' or 'wide:W:K' (K hidden layers per module)."""
+def net_widths(net):
+    """The hidden widths of a bench net name: 'mnist', 'wide:W:K' (K hidden layers of W per module) or
+    'bottleneck:W:K:C' (784 -> W x K -> C -> W x K -> C -> 10, cut at the first C)."""
     if net == "mnist":
-        return MNIST_H, MNIST_K
-    _, w, k = net.split(":")
-    return int(w), 2 * int(k)
+        return [MNIST_H] * MNIST_K
+    kind, *args = net.split(":")
+    if kind == "wide":
+        w, k = map(int, args)
+        return [w] * (2 * k)
+    w, k, c = map(int, args)
+    return [w] * k + [c] + [w] * k + [c]
+
+
+def middle_cut(net):
+    """The hidden layer after which the two-module pipelines cut `net`."""
+    if net == "mnist":
+        return [MNIST_CUT]
+    kind, w, k, *_ = net.split(":")
+    return [int(k) - 1] if kind == "wide" else [int(k)]
+
+
+def net_label(net):
+    """784-256x5-10 style: runs of equal widths as WxN."""
+    runs = []
+    for w in net_widths(net):
+        if runs and runs[-1][0] == w:
+            runs[-1][1] += 1
+        else:
+            runs.append([w, 1])
+    return "-".join([str(D_IN)] + [f"{w}x{n}" if n > 1 else str(w) for w, n in runs] + [str(D_OUT)])
 
 
 def build_net(net, split_after, seed=0):
@@ -113,11 +141,11 @@ def build_net(net, split_after, seed=0):
     from minidni.dni import DNINet, Synthesizer, adam, mlp_modules
     from minidni.dni import schedules as S
 
-    width, n_hidden = net_layers(net)
-    modules = mlp_modules(D_IN, width, D_OUT, n_hidden, split_after=split_after, rng=seed)
+    widths = net_widths(net)
+    modules = mlp_modules(D_IN, widths, D_OUT, None, split_after=split_after, rng=seed)
     if not split_after:
         return DNINet(modules, None, schedule=S.locked())
-    synths = [Synthesizer(width, D_OUT, rng=seed + 1 + k) for k in range(len(split_after))]
+    synths = [Synthesizer(widths[cut], D_OUT, rng=seed + 1 + k) for k, cut in enumerate(split_after)]
     return DNINet(modules, synths, optimizer=adam(1e-3))
 
 
@@ -125,16 +153,12 @@ def ideal_pipeline(net):
     """FLOPs of locked backprop over those of the busiest module of the two-module pipeline: the most a perfect
     two-worker pipeline can gain over locked backprop on one thread. Module 0 pays for its synthesizer (g_hat =
     M(h), then M's training step: forward again, dW); module 1's first layer also computes dx."""
-    width, n_hidden = net_layers(net)
+    widths = net_widths(net)
     cut = middle_cut(net)[0] + 1                         # hidden layers in module 0
-    dims = [D_IN] + [width] * n_hidden + [D_OUT]
-    synth = 3 * 2 * B * (width + D_OUT) * width
+    dims = [D_IN] + widths + [D_OUT]
+    synth = 3 * 2 * B * (widths[cut - 1] + D_OUT) * widths[cut - 1]
     module0, module1 = net_flops(dims[:cut + 1], B) + synth, 3 * fwd_flops(dims[cut:], B)
     return net_flops(dims, B) / max(module0, module1), module0, module1
-
-
-def middle_cut(net):
-    return [MNIST_CUT] if net == "mnist" else [net_layers(net)[1] // 2 - 1]
 
 
 def build(net, config, seed=0):
@@ -478,12 +502,15 @@ def main(argv=None):
     ap.add_argument("--settle", type=float, default=0.3, help="seconds of pause before each sample")
     ap.add_argument("--wide-width", type=int, default=2048, help="units per hidden layer of the wide net")
     ap.add_argument("--wide-layers", type=int, default=2, help="hidden layers per module of the wide net")
+    ap.add_argument("--bottleneck-width", type=int, default=256, help="units of the bottleneck net's narrow layers "
+                    "(its wide ones: --wide-width x --wide-layers per module)")
     ap.add_argument("--predict-width", type=int, default=4096, help="units per module of the forecast's wide net")
     ap.add_argument("--profile-batches", type=int, default=6, help="batches per schedule in the forecast's profiles")
     ap.add_argument("--statistic", choices=["mean", "median"], default="mean", help="the event cost of the "
                     "validation's profiles: the mean duration (what a long run pays, stalls of a busy machine "
                     "included) or the median (an undisturbed event's; the forecast always uses the median)")
-    ap.add_argument("--nets", nargs="+", default=["mnist", "wide"], choices=["mnist", "wide"])
+    ap.add_argument("--nets", nargs="+", default=["mnist", "wide", "bottleneck"],
+                    choices=["mnist", "wide", "bottleneck"])
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray runner")
     ap.add_argument("--no-forecast", action="store_true", help="skip the 2/4/8-machine forecast")
     ap.add_argument("--quick", action="store_true", help="3 samples of ~0.1 s, wide net 512 x 2, forecast width 512")
@@ -491,12 +518,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:                                       # smaller defaults; a value given on the command line stays
         quick = dict(samples=3, sample_s=0.1, settle=0.05, profile_batches=3, wide_width=512, wide_layers=1,
-                     predict_width=512)
+                     predict_width=512, bottleneck_width=64)
         for name, value in quick.items():
             if getattr(args, name) == ap.get_default(name):
                 setattr(args, name, value)
     t_start = time.perf_counter()
-    nets = {"mnist": "mnist", "wide": f"wide:{args.wide_width}:{args.wide_layers}"}
+    nets = {"mnist": "mnist", "wide": f"wide:{args.wide_width}:{args.wide_layers}",
+            "bottleneck": f"bottleneck:{args.wide_width}:{args.wide_layers}:{args.bottleneck_width}"}
     RayRunner, ray_why = (None, "--no-ray") if args.no_ray else ray_runner_class()
     configs = [c for c in CONFIGS if c != "pipe-ray" or RayRunner is not None]
     if RayRunner is None:
@@ -527,7 +555,7 @@ def main(argv=None):
     try:
         for key in args.nets:
             net = nets[key]
-            width, n_hidden = net_layers(net)
+            width = net_widths(net)[middle_cut(net)[0]]     # of the cut: what crosses between the modules
             ray = None
             if RayRunner is not None:
                 ray = ray_link(B * width * 4) + (ray_tick,)
@@ -536,8 +564,8 @@ def main(argv=None):
             meas, prof = measure(net, configs, args.samples, args.sample_s, args.settle, args.statistic)
             sims = simulated(configs, prof, tick_s, ray)
             base, base1 = meas["locked"]["s_per_step"], meas["locked-1t"]["s_per_step"]
-            title = (f"{key}: 784-{width}x{n_hidden}-10, batch {B}, two modules for the pipelines (cut after hidden "
-                     f"layer {middle_cut(net)[0]}), cDNI linear synthesizer; median of {args.samples} samples")
+            title = (f"{key}: {net_label(net)}, batch {B}, two modules for the pipelines (cut after hidden layer "
+                     f"{middle_cut(net)[0]}, {width} wide), cDNI linear synthesizer; median of {args.samples} samples")
             print("\n" + title)
             print(f"  {'configuration':<12}{'measured ms':>12}{'spread':>8}{'simulated ms':>14}{'error':>8}"
                   f"{'vs locked':>11}{'vs 1t':>7}{'sim vs 1t':>11}")
@@ -603,7 +631,7 @@ def main(argv=None):
         "command": "python benchmarks/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cores": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version(),
                     "numpy": np.__version__, "load_start": load_start, "load_end": load_end},
-        "batch": B, "wide": nets["wide"], "predict_width": args.predict_width, "ray": ray_why or "used",
+        "batch": B, "wide": nets["wide"], "bottleneck": nets["bottleneck"], "predict_width": args.predict_width, "ray": ray_why or "used",
         "statistic": args.statistic,
         "tick_overhead_s": tick_s, "ray_tick_overhead_s": ray_tick, "two_at_once": pair, "results": results,
         "details": tables, "forecast": fc,

@@ -204,14 +204,18 @@ def test_torch_dni_is_the_same_algorithm_as_minidni(kind):
 
 
 def test_bench_distributed_quick_runs_and_writes_json(tmp_path):
-    """bench_distributed.py --quick on a tiny wide net (width 64), without Ray and the forecast: every configuration
-    is measured and simulated, and the JSON has one row per configuration."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_distributed.py"), "--quick", "--nets", "wide", "--no-ray",
-           "--no-forecast", "--wide-width", "64", "--samples", "1", "--profile-batches", "2", "--out", str(tmp_path)]
+    """bench_distributed.py --quick on a tiny wide net (width 64) and a tiny bottleneck net (64-16-64-16), without Ray
+    and the forecast: every configuration is measured and simulated, and the JSON has one row per configuration and
+    net."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_distributed.py"), "--quick", "--nets", "wide", "bottleneck",
+           "--no-ray", "--no-forecast", "--wide-width", "64", "--bottleneck-width", "16", "--samples", "1",
+           "--profile-batches", "2", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "pipe-ray: SKIPPED" in res.stdout and "worst simulator error" in res.stdout
     (path,) = tmp_path.glob("distributed-*.json")
     data = json.loads(path.read_text())
-    assert [r["config"] for r in data["results"]] == ["locked", "locked-1t", "pipe-seq", "pipe-conc"]
+    configs = ["locked", "locked-1t", "pipe-seq", "pipe-conc"]
+    assert [(r["net"], r["config"]) for r in data["results"]] == [(n, c) for n in ("wide", "bottleneck") for c in configs]
+    assert data["bottleneck"] == "bottleneck:64:1:16" and "784-64-16-64-16-10" in res.stdout
     assert all(r["s_per_step"] > 0 and r["simulated_s_per_step"] > 0 for r in data["results"])

@@ -4,8 +4,9 @@ These are the pieces of Jaderberg et al. 2016's CNN (Sec. 3.3 / appendix A: 5x5 
 padding, batch norm, ReLU, max pooling) and of its conv synthesizers. What is checked:
 
   * full central-difference Jacobians (float64, every element) on both backends, and <u, J v> = <J^T u, v>;
-  * Numba versions 1 (direct loop), 2 (im2col + BLAS) and 3 (bands over worker threads) against the NumPy reference
-    on random shapes, strides, paddings and memory layouts; version 3 the same for any band size and worker count;
+  * Numba versions 1 (direct loop), 2 (im2col + BLAS), 3 (bands over worker threads) and 4 (several images per
+    GEMM) against the NumPy reference on random shapes, strides, paddings and memory layouts; version 3 the same for
+    any band size and worker count, version 4 for any block size and worker count, and its hand-off to version 3;
   * average pooling: gradient checks, the kernels against the reference, overlapping windows sharing gradients;
   * max pooling with inputs kept away from ties (finite differences need a unique max), and the tie rule itself;
   * error messages that name the op and the shapes;
@@ -133,7 +134,7 @@ def test_first_layer_computes_no_input_gradient(backend, rng):
     assert xt.grad is None and Wt.grad.shape == W.shape
 
 
-# ---- kernels: Numba versions 1 and 2 against the NumPy reference -----------------------------------------------------
+# ---- kernels: the Numba versions against the NumPy reference -----------------------------------------------------
 def _random_conv_case(seed):
     r = np.random.default_rng(seed)
     n, c, o = r.integers(1, 4), r.integers(1, 4), r.integers(1, 5)
@@ -153,7 +154,7 @@ def _close(actual, expected, dtype, what):
                                err_msg=what)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("seed", range(8))
 def test_conv2d_versions_match_reference(version, dtype, seed):
@@ -246,6 +247,59 @@ def test_conv2d_v3_bands_and_workers(monkeypatch, case):
         (y1, dx1), (y2, dx2) = results[-2:]  # one worker, two workers
         np.testing.assert_array_equal(y2, y1)
         np.testing.assert_array_equal(dx2, dx1)
+
+
+@pytest.mark.parametrize("case", [
+    ((7, 3, 6, 6), (4, 5, 5), (1, 1), (2, 2)),      # the paper's 5x5 same layer on a small map; 7 images: a short block
+    ((5, 2, 9, 10), (3, 3, 2), (2, 1), (1, 0)),    # rectangular, strided: dx through version 2's col2im
+])
+def test_conv2d_v4_blocks_and_workers(monkeypatch, case):
+    """Version 4 with one image per GEMM, with blocks of 3 (the last one shorter) and of the whole batch, on one and
+    on two workers: the reference's numbers, and for a given block size the same bits on any number of workers for
+    y and dx (the blocks, not the images, are split, so a block holds the same images whatever the split)."""
+    xs, (o, kh, kw), stride, padding = case
+    r = np.random.default_rng(11)
+    x = with_layout(r.standard_normal(xs).astype(np.float32), "strided")
+    W = r.standard_normal((o, xs[1], kh, kw)).astype(np.float32)
+    b = r.standard_normal(o).astype(np.float32)
+    y_ref = reference.conv2d_forward(x, W, b, stride, padding)
+    L = y_ref.shape[2] * y_ref.shape[3]
+    g = r.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dW_ref, db_ref = reference.conv2d_backward(x, W, g, stride, padding, True, True, True)
+    monkeypatch.setattr(cpu, "SPLIT_MIN_FLOPS", 0)
+    for images in (1, 3, xs[0]):
+        monkeypatch.setattr(cpu, "CONV_BLOCK_COLUMNS", images * L)
+        assert cpu._images_per_block(xs[0], xs[1] * kh * kw, L, 4) == images
+        results = []
+        for threads in (1, 2):
+            with _blas_threads(threads):
+                y = cpu.CONV2D_FORWARD_VERSIONS[4](x, W, b, stride, padding)
+                dx, dW, db = cpu.CONV2D_BACKWARD_VERSIONS[4](x, W, g, stride, padding, True, True, True)
+            for what, a, e in (("y", y, y_ref), ("dx", dx, dx_ref), ("dW", dW, dW_ref), ("db", db, db_ref)):
+                _close(a, e, np.float32, f"v4 {what}, {images} images a block, {threads} threads")
+            results.append((y, dx))
+        (y1, dx1), (y2, dx2) = results
+        np.testing.assert_array_equal(y2, y1)
+        np.testing.assert_array_equal(dx2, dx1)
+
+
+def test_conv2d_v4_large_images_take_version_3s_bands(monkeypatch):
+    """An image whose im2col block alone exceeds CONV_BAND_BYTES goes to version 3 (bands of output rows): the same
+    numbers as the reference, through version 3's path."""
+    r = np.random.default_rng(3)
+    x, W = r.standard_normal((2, 2, 8, 8)).astype(np.float32), r.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    g = r.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    monkeypatch.setattr(cpu, "CONV_BAND_BYTES", 2 * 9 * 64 * 4 - 1)   # one image's block is 2*9 x 64 floats
+    assert cpu._images_per_block(2, 18, 64, 4) == 0
+    calls = []
+    real3 = cpu._conv2d_forward_3
+    monkeypatch.setattr(cpu, "_conv2d_forward_3", lambda *a: calls.append("v3") or real3(*a))
+    _close(cpu.CONV2D_FORWARD_VERSIONS[4](x, W, None, (1, 1), (1, 1)),
+           reference.conv2d_forward(x, W, None, (1, 1), (1, 1)), np.float32, "v4 -> v3 forward")
+    for a, e in zip(cpu.CONV2D_BACKWARD_VERSIONS[4](x, W, g, (1, 1), (1, 1), True, True, True),
+                    reference.conv2d_backward(x, W, g, (1, 1), (1, 1), True, True, True)):
+        _close(a, e, np.float32, "v4 -> v3 backward")
+    assert calls, "version 4 did not hand the large image to version 3"
 
 
 def test_conv2d_v3_restores_blas_threads(monkeypatch):

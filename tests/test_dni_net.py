@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import minidni as md
 from minidni import nn
 from minidni.config import TrainConfig, override
 from minidni.data import BatchIterator, Split
@@ -33,6 +34,20 @@ def test_mlp_modules_split_nn_mlp_after_hidden_layers():
         mlp_modules(10, 16, 3, n_hidden=3, split_after=[3])
     with pytest.raises(ValueError, match="cuts"):
         split_sequential(ref, [0])
+
+
+def test_mlp_modules_with_a_width_per_hidden_layer():
+    """A narrow layer to cut at (the bottleneck net of bench_distributed.py): the modules hold nn.mlp's layers and
+    weights for the same widths, and the cut's activation has the narrow width."""
+    mods = mlp_modules(10, (16, 4, 12), 3, None, split_after=[1], rng=0)
+    ref = nn.mlp(10, (16, 4, 12), 3, rng=0)
+    assert [len(m) for m in mods] == [6, 4]
+    assert all(np.array_equal(a.data, b.data) for a, b in
+               zip(ref.parameters(), [p for m in mods for p in m.parameters()]))
+    h = mods[0](md.Tensor(np.ones((5, 10), np.float32)))
+    assert h.shape == (5, 4)
+    with pytest.raises(ValueError, match="hidden layers 0..2"):
+        mlp_modules(10, (16, 4, 12), 3, None, split_after=[3])
 
 
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["bn", "no_bn"])

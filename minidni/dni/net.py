@@ -327,6 +327,8 @@ def mlp_modules(in_features, hidden, out_features, n_hidden, split_after=None, b
                 dtype=np.float32, rng=None, fused=False):
     """nn.mlp(...) cut into modules after the given hidden layers (0-based; default: after every hidden layer).
 
+    hidden is one width repeated n_hidden times, or (n_hidden None) a sequence of widths, as in nn.mlp: a net with a
+    narrow layer to cut at, `mlp_modules(784, (2048, 2048, 256, 2048, 2048), 10, None, split_after=[2])`.
     With the default, module k (k < n_hidden) is [Linear -> BatchNorm -> ReLU] of hidden layer k, and the last module
     is the output Linear layer. The parameters are initialised exactly as nn.mlp(..., rng=rng) would be, so a
     backprop baseline built with the same rng starts from the same weights. fused=True builds the hidden layers
@@ -334,6 +336,8 @@ def mlp_modules(in_features, hidden, out_features, n_hidden, split_after=None, b
     """
     seq = nn.mlp(in_features, hidden, out_features, n_hidden, batch_norm=batch_norm, activation=activation,
                  dtype=dtype, rng=rng, fused=fused)
+    if n_hidden is None:
+        n_hidden = len(hidden)
     layer_ends = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LinearReLU, nn.BatchNormReLU)   # what closes a hidden layer
     ends = [k + 1 for k, layer in enumerate(seq) if isinstance(layer, layer_ends)]
     split_after = range(n_hidden) if split_after is None else split_after

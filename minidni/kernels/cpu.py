@@ -540,11 +540,13 @@ def sgd_step_(p, g, buf, lr, momentum, weight_decay, nesterov):
 
 # ---- 2-D convolution, NCHW (Jaderberg et al. 2016, Sec. 3.3: the CNN and its conv synthesizers) ---------------------
 # Same arguments as the reference: x (N, C, H, W), W (O, C, KH, KW), b (O,) or None, stride = (sh, sw),
-# padding = (ph, pw). Three versions, each tested against the reference (tests/test_conv.py):
+# padding = (ph, pw). Four versions, each tested against the reference (tests/test_conv.py):
 #   version 1  the definition as a direct 7-deep loop: no extra memory, but no BLAS -- ~1-2 GFLOP/s.
 #   version 2  im2col per image into one reused buffer + one BLAS GEMM per image, col2im for dx.
 #   version 3  version 2 on one worker thread per core with a vectorised im2col; dx at stride 1 as a forward conv
-#              of g with the flipped filters (the default; benchmarks/bench_conv.py).
+#              of g with the flipped filters.
+#   version 4  version 3 with an im2col on flat arrays and unsigned indices, and several images per GEMM on small
+#              maps (the default; benchmarks/bench_conv.py).
 def _out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
@@ -902,16 +904,156 @@ def _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b):
     return dx, dW, db
 
 
-CONV2D_FORWARD_VERSIONS = {1: _conv2d_forward_1, 2: _conv2d_forward_2, 3: _conv2d_forward_3}
-CONV2D_BACKWARD_VERSIONS = {1: _conv2d_backward_1, 2: _conv2d_backward_2, 3: _conv2d_backward_3}
+# Version 4: version 3 with two changes, both measured on the paper's small maps (docs/engine-speed.md):
+#   * im2col over flat arrays with unsigned indices: numba skips the negative-index test of an unsigned index, so the
+#     copy of each OW-long run vectorises even when OW is 6 (v3's 1-D views cost a slice object per run: at 6x6 its
+#     im2col took longer than the GEMM it feeds);
+#   * several images per GEMM when a map is small: an image of a 6x6 map gives a GEMM only 36 columns wide (and dW a
+#     K of 36), whose fixed costs dominate; a block of nb images gives nb*36. The output of a block GEMM is (O, nb*L),
+#     so it is copied back to NCHW (with the bias), and dW's G is gathered into (O, nb*L) the same way.
+CONV_BLOCK_COLUMNS = 512      # images per GEMM: enough that a block has at least this many output positions
+
+
+@jit
+def _im2col_4(xp, n0, n1, kh, kw, sh, sw, oh, ow, cols):
+    # images n0 <= n < n1 of the padded batch xp (N, C, Hp, Wp) -> cols (C*KH*KW, (n1 - n0)*OH*OW), image k of the
+    # block in columns [k*L, (k+1)*L) with L = OH*OW, each in _im2col's layout:
+    # for n, c, p, q, i, j:  cols[(c*KH + p)*KW + q, (n - n0)*L + i*OW + j] = xp[n, c, i*sh + p, j*sw + q]
+    # * flat arrays and uint64 offsets: every index is known to be >= 0, so there is no wraparound test per element.
+    c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    xf, cf = xp.ravel(), cols.ravel()
+    L = oh * ow
+    width = np.uint64(cols.shape[1])
+    for n in range(n0, n1):
+        for c in range(c_):
+            for p in range(kh):
+                for q in range(kw):
+                    row = np.uint64((c * kh + p) * kw + q) * width + np.uint64((n - n0) * L)
+                    for i in range(oh):
+                        src = np.uint64(((n * c_ + c) * hp + i * sh + p) * wp + q)
+                        dst = row + np.uint64(i * ow)
+                        for j in range(ow):
+                            cf[dst + np.uint64(j)] = xf[src + np.uint64(j * sw)]
+
+
+def _images_per_block(n, ckk, L, itemsize):
+    """Images per GEMM: enough for CONV_BLOCK_COLUMNS output positions, as few as keep the block within
+    CONV_BAND_BYTES; 0 when one image alone exceeds it (then version 3's bands)."""
+    if ckk * L * itemsize > CONV_BAND_BYTES:
+        return 0
+    return int(max(1, min(n, -(-CONV_BLOCK_COLUMNS // L), CONV_BAND_BYTES // (ckk * L * itemsize))))
+
+
+def _conv2d_forward_4(x, W, b, stride, padding):
+    """Version 4: for each block of nb images [n0, n0 + nb),
+    Y (O, nb*L) = W (O, C*KH*KW) @ im2col_4(x[n0:n0+nb]) (C*KH*KW, nb*L),   y[n0 + k] = Y[:, k*L:(k+1)*L] + b.
+
+    * nb = 1 (large maps): BLAS writes straight into y[n], as in versions 2 and 3;
+    * the blocks (not the images) are split between the workers, each writing its own images of y: a block holds
+      the same images on any number of workers, so y does not depend on it.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ckk, L = c * kh * kw, oh * ow
+    nb = _images_per_block(n, ckk, L, x.itemsize)
+    if nb == 0:
+        return _conv2d_forward_3(x, W, b, stride, padding)
+    xp = _pad_nchw(x, ph, pw)
+    Wm = _c2(W).reshape(o, ckk)
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    bias = None if b is None else b.reshape(1, o, 1)
+
+    def work(lo, hi, part):   # blocks lo <= j < hi, block j = images [j*nb, (j+1)*nb)
+        buf = np.empty(ckk * nb * L, dtype=x.dtype)
+        out = np.empty(o * nb * L, dtype=x.dtype) if nb > 1 else None
+        for n0 in range(lo * nb, min(n, hi * nb), nb):
+            k = min(nb, n - n0)
+            block = buf[:ckk * k * L].reshape(ckk, k * L)
+            _im2col_4(xp, n0, n0 + k, kh, kw, sh, sw, oh, ow, block)
+            yk = y[n0:n0 + k].reshape(k, o, L)
+            if k == 1:
+                np.matmul(Wm, block, out=yk[0])
+            else:
+                Y = out[:o * k * L].reshape(o, k * L)
+                np.matmul(Wm, block, out=Y)
+                yk[...] = Y.reshape(o, k, L).transpose(1, 0, 2)
+            if bias is not None:
+                yk += bias
+
+    _run_split(work, -(-n // nb), worth_it=2 * n * o * ckk * L >= SPLIT_MIN_FLOPS)
+    return y
+
+
+def _conv2d_backward_4(x, W, g, stride, padding, need_x, need_W, need_b):
+    """Version 4, with the blocks and workers of `_conv2d_forward_4`:
+
+    dW = sum over blocks of  G_block (O, nb*L) @ im2col_4(x[block])^T (nb*L, C*KH*KW), G_block[:, k*L:(k+1)*L] =
+         g[n0 + k] (one partial sum per worker, added in worker order, as in version 3);
+    dx   at stride 1 the forward conv of g with the flipped filters (version 3's identity) on `_conv2d_forward_4`;
+         other strides use version 2's col2im.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = g.shape[2], g.shape[3]
+    ckk, L = c * kh * kw, oh * ow
+    nb = _images_per_block(n, ckk, L, x.itemsize)
+    if nb == 0:
+        return _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b)
+    g = _c2(g)
+    dx = dW = None
+    if need_W:
+        xp = _pad_nchw(x, ph, pw)
+        gm = g.reshape(n, o, L)
+
+        def work(lo, hi, part):
+            buf = np.empty(ckk * nb * L, dtype=x.dtype)
+            gbuf = np.empty(o * nb * L, dtype=x.dtype) if nb > 1 else None
+            acc, prod = np.zeros((o, ckk), dtype=x.dtype), np.empty((o, ckk), dtype=x.dtype)
+            first = True
+            for n0 in range(lo * nb, min(n, hi * nb), nb):
+                k = min(nb, n - n0)
+                block = buf[:ckk * k * L].reshape(ckk, k * L)
+                _im2col_4(xp, n0, n0 + k, kh, kw, sh, sw, oh, ow, block)
+                if k == 1:
+                    G = gm[n0]
+                else:
+                    G = gbuf[:o * k * L].reshape(o, k * L)
+                    G.reshape(o, k, L)[...] = gm[n0:n0 + k].transpose(1, 0, 2)
+                np.matmul(G, block.T, out=acc if first else prod)
+                if not first:
+                    acc += prod
+                first = False
+            return acc
+
+        partials = _run_split(work, -(-n // nb), worth_it=2 * n * o * ckk * L >= SPLIT_MIN_FLOPS)
+        dW = partials[0]
+        for p in partials[1:]:
+            dW += p
+        dW = dW.reshape(W.shape)
+    if need_x:
+        if (sh, sw) == (1, 1) and ph < kh and pw < kw:
+            W_flipped = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, KH, KW)
+            dx = _conv2d_forward_4(g, W_flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw))
+        else:
+            dx = _conv2d_backward_2(x, W, g, stride, padding, True, False, False)[0]
+    db = g.sum(axis=(0, 2, 3)) if need_b else None
+    return dx, dW, db
+
+
+CONV2D_FORWARD_VERSIONS = {1: _conv2d_forward_1, 2: _conv2d_forward_2, 3: _conv2d_forward_3, 4: _conv2d_forward_4}
+CONV2D_BACKWARD_VERSIONS = {1: _conv2d_backward_1, 2: _conv2d_backward_2, 3: _conv2d_backward_3,
+                            4: _conv2d_backward_4}
 
 
 def conv2d_forward(x, W, b, stride, padding):
-    return _conv2d_forward_3(x, W, b, stride, padding)
+    return _conv2d_forward_4(x, W, b, stride, padding)
 
 
 def conv2d_backward(x, W, g, stride, padding, need_x, need_W, need_b):
-    return _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b)
+    return _conv2d_backward_4(x, W, g, stride, padding, need_x, need_W, need_b)
 
 
 # ---- 2-D max pooling, NCHW, no padding ------------------------------------------------------------------------------
