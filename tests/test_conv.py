@@ -216,6 +216,22 @@ def _blas_threads(n):
     return threadpoolctl.threadpool_limits(limits=n, user_api="blas")
 
 
+def _same_on_one_and_two_workers(version, x, W, b, g, stride, padding, expected, label):
+    """Version `version` on one and on two BLAS threads (= workers): each output close to `expected` (y, dx, dW, db),
+    and y and dx the same bits on both (each output has one writer; dW is summed per worker, so only close)."""
+    results = []
+    for threads in (1, 2):
+        with _blas_threads(threads):
+            y = cpu.CONV2D_FORWARD_VERSIONS[version](x, W, b, stride, padding)
+            dx, dW, db = cpu.CONV2D_BACKWARD_VERSIONS[version](x, W, g, stride, padding, True, True, True)
+        for what, a, e in zip(("y", "dx", "dW", "db"), (y, dx, dW, db), expected):
+            _close(a, e, np.float32, f"v{version} {what}, {label}, {threads} threads")
+        results.append((y, dx))
+    (y1, dx1), (y2, dx2) = results
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(dx2, dx1)
+
+
 @pytest.mark.parametrize("case", [
     # (N, C, H, W), (O, KH, KW), stride, padding: the paper's 5x5 same layer; a rectangular, strided one
     ((5, 3, 11, 9), (4, 5, 5), (1, 1), (2, 2)),
@@ -234,19 +250,10 @@ def test_conv2d_v3_bands_and_workers(monkeypatch, case):
     g = r.standard_normal(y_ref.shape).astype(np.float32)
     dx_ref, dW_ref, db_ref = reference.conv2d_backward(x, W, g, stride, padding, True, True, True)
     monkeypatch.setattr(cpu, "SPLIT_MIN_FLOPS", 0)  # split even these tiny products
-    results = []
     for band_bytes in (1, 1 << 30):  # 1 byte: one output row per band
         monkeypatch.setattr(cpu, "CONV_BAND_BYTES", band_bytes)
-        for threads in (1, 2):
-            with _blas_threads(threads):
-                y = cpu.CONV2D_FORWARD_VERSIONS[3](x, W, b, stride, padding)
-                dx, dW, db = cpu.CONV2D_BACKWARD_VERSIONS[3](x, W, g, stride, padding, True, True, True)
-            for what, a, e in (("y", y, y_ref), ("dx", dx, dx_ref), ("dW", dW, dW_ref), ("db", db, db_ref)):
-                _close(a, e, np.float32, f"v3 {what}, band bytes {band_bytes}, {threads} threads")
-            results.append((y, dx))
-        (y1, dx1), (y2, dx2) = results[-2:]  # one worker, two workers
-        np.testing.assert_array_equal(y2, y1)
-        np.testing.assert_array_equal(dx2, dx1)
+        _same_on_one_and_two_workers(3, x, W, b, g, stride, padding, (y_ref, dx_ref, dW_ref, db_ref),
+                                     f"band bytes {band_bytes}")
 
 
 @pytest.mark.parametrize("case", [
@@ -270,17 +277,8 @@ def test_conv2d_v4_blocks_and_workers(monkeypatch, case):
     for images in (1, 3, xs[0]):
         monkeypatch.setattr(cpu, "CONV_BLOCK_COLUMNS", images * L)
         assert cpu._images_per_block(xs[0], xs[1] * kh * kw, L, 4) == images
-        results = []
-        for threads in (1, 2):
-            with _blas_threads(threads):
-                y = cpu.CONV2D_FORWARD_VERSIONS[4](x, W, b, stride, padding)
-                dx, dW, db = cpu.CONV2D_BACKWARD_VERSIONS[4](x, W, g, stride, padding, True, True, True)
-            for what, a, e in (("y", y, y_ref), ("dx", dx, dx_ref), ("dW", dW, dW_ref), ("db", db, db_ref)):
-                _close(a, e, np.float32, f"v4 {what}, {images} images a block, {threads} threads")
-            results.append((y, dx))
-        (y1, dx1), (y2, dx2) = results
-        np.testing.assert_array_equal(y2, y1)
-        np.testing.assert_array_equal(dx2, dx1)
+        _same_on_one_and_two_workers(4, x, W, b, g, stride, padding, (y_ref, dx_ref, dW_ref, db_ref),
+                                     f"{images} images a block")
 
 
 def test_conv2d_v4_large_images_take_version_3s_bands(monkeypatch):

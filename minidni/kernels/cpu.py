@@ -871,7 +871,7 @@ def _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b):
     oh, ow = g.shape[2], g.shape[3]
     ckk, L = c * kh * kw, oh * ow
     g = _c2(g)
-    dx = dW = None
+    dW = None
     if need_W:
         xp = _pad_nchw(x, ph, pw)
         rows = _bands(ckk, oh, ow, x.itemsize)
@@ -889,19 +889,29 @@ def _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b):
                     acc += prod
             return acc
 
-        partials = _run_split(work, n, worth_it=2 * n * o * ckk * L >= SPLIT_MIN_FLOPS)
-        dW = partials[0]
-        for p in partials[1:]:
-            dW += p
-        dW = dW.reshape(W.shape)
-    if need_x:
-        if (sh, sw) == (1, 1) and ph < kh and pw < kw:
-            W_flipped = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, KH, KW)
-            dx = _conv2d_forward_3(g, W_flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw))
-        else:
-            dx = _conv2d_backward_2(x, W, g, stride, padding, True, False, False)[0]
+        dW = _sum_in_order(_run_split(work, n, worth_it=2 * n * o * ckk * L >= SPLIT_MIN_FLOPS)).reshape(W.shape)
+    dx = _conv2d_dx(x, W, g, stride, padding, _conv2d_forward_3) if need_x else None
     db = g.sum(axis=(0, 2, 3)) if need_b else None
     return dx, dW, db
+
+
+def _sum_in_order(partials):
+    """The workers' partial sums added in worker order (so the bits depend only on the split)."""
+    total = partials[0]
+    for p in partials[1:]:
+        total += p
+    return total
+
+
+def _conv2d_dx(x, W, g, stride, padding, forward):
+    """dx of versions 3 and 4: at stride 1 (padding narrower than the kernel) the forward convolution `forward` of g
+    with the flipped, transposed filters W'[c, o, p, q] = W[o, c, KH-1-p, KW-1-q] and padding (KH-1-ph, KW-1-pw);
+    otherwise version 2's col2im."""
+    (kh, kw), (ph, pw) = W.shape[2:], padding
+    if tuple(stride) == (1, 1) and ph < kh and pw < kw:
+        W_flipped = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, KH, KW)
+        return forward(g, W_flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw))
+    return _conv2d_backward_2(x, W, g, stride, padding, True, False, False)[0]
 
 
 # Version 4: version 3 with two changes, both measured on the paper's small maps (docs/engine-speed.md):
@@ -1003,7 +1013,7 @@ def _conv2d_backward_4(x, W, g, stride, padding, need_x, need_W, need_b):
     if nb == 0:
         return _conv2d_backward_3(x, W, g, stride, padding, need_x, need_W, need_b)
     g = _c2(g)
-    dx = dW = None
+    dW = None
     if need_W:
         xp = _pad_nchw(x, ph, pw)
         gm = g.reshape(n, o, L)
@@ -1029,16 +1039,8 @@ def _conv2d_backward_4(x, W, g, stride, padding, need_x, need_W, need_b):
             return acc
 
         partials = _run_split(work, -(-n // nb), worth_it=2 * n * o * ckk * L >= SPLIT_MIN_FLOPS)
-        dW = partials[0]
-        for p in partials[1:]:
-            dW += p
-        dW = dW.reshape(W.shape)
-    if need_x:
-        if (sh, sw) == (1, 1) and ph < kh and pw < kw:
-            W_flipped = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, KH, KW)
-            dx = _conv2d_forward_4(g, W_flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw))
-        else:
-            dx = _conv2d_backward_2(x, W, g, stride, padding, True, False, False)[0]
+        dW = _sum_in_order(partials).reshape(W.shape)
+    dx = _conv2d_dx(x, W, g, stride, padding, _conv2d_forward_4) if need_x else None
     db = g.sum(axis=(0, 2, 3)) if need_b else None
     return dx, dW, db
 
