@@ -29,7 +29,8 @@ Configurations (each net):
 
 Measured: all runners of a net are built first and timed round-robin (each sample ~`--sample-s` seconds of one
 configuration, after a `--settle` pause), a step is one batch in steady state (batches are fed and their events run
-as they become ready; the pipeline is never drained between samples). The median over samples is the number; the
+as they become ready; the pipeline is never drained between samples; the Ray runner's ticks still in flight in the
+actors are waited for at the end of its sample, so its work never runs into the next configuration's). The median over samples is the number; the
 spread (max / min - 1 over the samples) is printed beside it, because the machine may be shared.
 
 Simulated (minidni.dni.simulate): event costs come from three profiling runners on FRESH nets (seed 1, their own
@@ -46,7 +47,10 @@ machine leaves out the events whose thread was descheduled, and so predicts a qu
                                   them), a hop's latency and bandwidth measured between two idle actors, and the
                                   RayRunner's own time per tick on a tiny net (its events take microseconds: the
                                   driver's submissions and the calls) as the driver's serial cost, spread over the
-                                  tick's events (`submit`)
+                                  tick's events (`submit`); and the shared cores (simulate's `cores`): the actors
+                                  share this machine's cores with Ray's processes, which burn per tick the CPU
+                                  measured on that tiny net (driver, actors, raylet, GCS; psutil) plus the copies of
+                                  what crosses per tick (h, dh, the batch), each at the hop's measured bandwidth
 
 and the error, simulated / measured - 1, is printed for every configuration. Last, the forecast: the simulated speed-up
 of dni and pipelined over locked backprop on one machine, on 2, 4 and 8 machines joined at 1, 10 and 100 Gbit/s (latency
@@ -184,9 +188,10 @@ def build(net, config, seed=0):
 def advance(runner, n):
     """Feed n more batches, running events as they become ready: Runner.run's loop without its final drain, so a
     pipeline stays full from one sample to the next (as bench_dni.py's workers do)."""
-    if not hasattr(runner, "_bound"):                    # a runner with its own loop (Ray): its documented run(n)
-        return runner.run(n)
-    return runner.advance(n)
+    runner.advance(n)
+    if hasattr(runner, "wait"):      # Ray: advance returns with up to ticks_in_flight ticks still running in the
+        runner.wait()                # actors; wait for them, so no sample's work spills into the next one's
+    return runner
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------------
@@ -290,8 +295,10 @@ def tick_overhead(ticks=300):
 
 
 def ray_tick_overhead(ticks=200):
-    """Seconds per tick of the RayRunner on a tiny two-module net (width 8, batch 4, pipelined), where the events
-    take microseconds: what the driver's submissions and the calls cost per tick (best of three)."""
+    """(seconds per tick, CPU-seconds per tick) of the RayRunner on a tiny two-module net (width 8, batch 4,
+    pipelined), where the events take microseconds: what the driver's submissions and the calls cost per tick (best of
+    three), and the CPU that costs in every process of the local Ray (driver, actors, raylet, GCS; None without
+    psutil): on a machine the actors share, that CPU is taken from them."""
     from minidni.data import BatchIterator
     from minidni.dni import DNINet, Synthesizer, adam, mlp_modules
     from minidni.dni import schedules as S
@@ -303,14 +310,46 @@ def ray_tick_overhead(ticks=200):
     runner = RayRunner(net, S.pipelined(), BatchIterator(x, y, batch_size=4, seed=0), checkpoint_every=0)
     try:
         advance(runner, 20)
-        best = np.inf
+        best, cpu = np.inf, np.inf
         for _ in range(3):
+            c = cpu_seconds()
             t = time.perf_counter()
             advance(runner, ticks)
-            best = min(best, (time.perf_counter() - t) / ticks)
+            wall = time.perf_counter() - t
+            best = min(best, wall / ticks)
+            if c is not None:
+                cpu = min(cpu, (cpu_seconds() - c) / ticks)
     finally:
         runner.close()
-    return best
+    return best, (None if cpu == np.inf else cpu)
+
+
+def cpu_seconds():
+    """User + system CPU-seconds so far of this process and every process it started (a local Ray's raylet, GCS and
+    workers among them); None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+        except psutil.Error:                         # a process that ended meanwhile
+            continue
+        total += t.user + t.system
+    return total
+
+
+def blas_state():
+    """{"threads": BLAS threads this process starts with (threadpoolctl), "env": the thread variables set}: `locked`
+    leaves BLAS alone, so an OPENBLAS_NUM_THREADS=1 left in the shell silently makes it locked-1t."""
+    from threadpoolctl import threadpool_info
+
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    return {"threads": max(counts) if counts else 1, "env": {k: os.environ[k] for k in names if k in os.environ}}
 
 
 def two_at_once(n=1024, reps=20):
@@ -324,20 +363,23 @@ def two_at_once(n=1024, reps=20):
     w = np.ones((n, n), np.float32)
 
     def stream(out, k):
-        with threadpool_limits(1, user_api="blas"):
-            t = time.perf_counter()
-            for _ in range(reps):
-                a @ w
-            out[k] = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ w
+        out[k] = time.perf_counter() - t
 
-    alone = [0.0]
-    stream(alone, 0)
-    pair = [0.0, 0.0]
-    threads = [threading.Thread(target=stream, args=(pair, k)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # the limit is the process's, so it is set once, here: two threads that each entered and left threadpool_limits
+    # would race, and the last to leave could restore the other's 1 -- BLAS then stayed on one thread for the rest of
+    # the benchmark, and `locked` measured the same as locked-1t (runs of Dec 2 before 12:30)
+    with threadpool_limits(1, user_api="blas"):
+        alone = [0.0]
+        stream(alone, 0)
+        pair = [0.0, 0.0]
+        threads = [threading.Thread(target=stream, args=(pair, k)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return alone[0] / max(pair)
 
 
@@ -391,12 +433,24 @@ def simulated(configs, prof, tick_s, ray):
             sim = simulate(S.pipelined(), prof["pipelined-1t"], n_workers=2, n_batches=16, sync="tick",
                            dispatch=0.0, tick_overhead=tick_s)     # tick_s holds the runner's bookkeeping too
         else:                                            # pipe-ray: dataflow over the measured actor hop
-            latency, bandwidth, _, tick_ray = ray         # the driver: tick_ray per tick, spread over its events
+            latency, bandwidth, _, tick_ray, cpu_ray = ray    # the driver: tick_ray per tick, spread over its events
             per_tick = len(S.pipelined().batch_events(0, 2))
+            # on one machine the actors share the cores with Ray's own processes: per tick, the CPU Ray burns on a
+            # tiny net, plus the copies of what crosses per tick (h and dh between the actors, the batch from the
+            # driver to module 0), each costing its measured time on the hop, which is CPU work within one machine
+            prof_p = prof["pipelined-1t"]
+            copies = (sum(prof_p.nbytes.values()) + batch_bytes()) / bandwidth
+            shared = {} if cpu_ray is None else {"cores": os.cpu_count(), "background": cpu_ray + copies}
             sim = simulate(S.pipelined(), prof["pipelined-1t"], n_workers=2, n_batches=16, dispatch=0.0,
-                           link=Link(latency, bandwidth), submit=tick_ray / per_tick)
+                           link=Link(latency, bandwidth), submit=tick_ray / per_tick, **shared)
         out[c] = sim
     return out
+
+
+def batch_bytes():
+    """Bytes of one batch as the driver sends it to module 0's actor: the MNIST rows x (B, 784) and their labels."""
+    x, y = first_rows(B)
+    return x.nbytes + y.nbytes
 
 
 def extend(costs, n_from, n_to):
@@ -539,18 +593,30 @@ def main(argv=None):
             start_local_ray(num_cpus=os.cpu_count())
             ray_started = True
     load_start = os.getloadavg()[0]
+    blas = blas_state()
+    env = ", ".join(f"{k}={v}" for k, v in blas["env"].items()) or "no thread variables set"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; "
-          f"load average {load_start:.2f} at start")
+          f"load average {load_start:.2f} at start; BLAS {blas['threads']} threads ({env})")
+    if blas["threads"] < (os.cpu_count() or 1):
+        print(f"WARNING: BLAS starts with {blas['threads']} thread(s) on {os.cpu_count()} cores, so `locked` (BLAS "
+              "left alone) measures the same as locked-1t; unset " + (", ".join(blas["env"]) or "the limit") +
+              " to compare with BLAS on every core")
 
     pair = two_at_once()
     print(f"two one-thread GEMM streams side by side run at {pair:.2f} of one alone's speed each (1.00: two free "
           "cores; the simulator assumes a core per worker)")
     tick_s = tick_overhead(100 if args.quick else 300)
-    ray_tick = None
+    ray_tick = ray_cpu = None
     if RayRunner is not None:
-        ray_tick = ray_tick_overhead(50 if args.quick else 200)
-        print(f"RayRunner's own time per tick (tiny net): {1e3 * ray_tick:.3f} ms")
+        ray_tick, ray_cpu = ray_tick_overhead(50 if args.quick else 200)
+        cpu_text = "not measured: no psutil" if ray_cpu is None else f"{1e3 * ray_cpu:.3f} CPU-ms in all its processes"
+        print(f"RayRunner's own time per tick (tiny net): {1e3 * ray_tick:.3f} ms, {cpu_text} (the simulator takes "
+              "that CPU from the actors' cores)")
     print(f"ConcurrentRunner's own time per tick (tiny net, wall - critical path): {1e3 * tick_s:.3f} ms")
+    if blas_state()["threads"] != blas["threads"]:
+        raise RuntimeError(f"bench_distributed: BLAS had {blas['threads']} threads at the start and "
+                           f"{blas_state()['threads']} after the overhead measurements: a thread limit leaked, and "
+                           "`locked` would not be BLAS on every core")
     results, tables = [], {}
     try:
         for key in args.nets:
@@ -558,7 +624,7 @@ def main(argv=None):
             width = net_widths(net)[middle_cut(net)[0]]     # of the cut: what crosses between the modules
             ray = None
             if RayRunner is not None:
-                ray = ray_link(B * width * 4) + (ray_tick,)
+                ray = ray_link(B * width * 4) + (ray_tick, ray_cpu)
                 print(f"{key}: Ray hop on this machine: call {1e3 * ray[2]:.3f} ms, latency {1e3 * ray[0]:.3f} ms, "
                       f"{B * width * 4 / 1e6:.2f} MB at {ray[1] * 8 / 1e9:.2f} Gbit/s")
             meas, prof = measure(net, configs, args.samples, args.sample_s, args.settle, args.statistic)
@@ -590,7 +656,8 @@ def main(argv=None):
             tables[key] |= {"profiles": {k: {"costs_ms": {f"{kk[0]}@{kk[1]}": 1e3 * v for kk, v in p.costs.items()},
                                             "overhead_ms": 1e3 * p.overhead} for k, p in prof.items()},
                            "ray_link": None if ray is None else {"latency_s": ray[0], "bandwidth_Bps": ray[1],
-                                                                  "call_s": ray[2], "runner_tick_s": ray[3]}}
+                                                                  "call_s": ray[2], "runner_tick_s": ray[3],
+                                                                  "runner_tick_cpu_s": ray[4]}}
     finally:
         if ray_started:
             import ray as ray_module
@@ -630,10 +697,12 @@ def main(argv=None):
     path.write_text(json.dumps({
         "command": "python benchmarks/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cores": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version(),
-                    "numpy": np.__version__, "load_start": load_start, "load_end": load_end},
+                    "numpy": np.__version__, "load_start": load_start, "load_end": load_end,
+                    "blas_threads": blas["threads"], "blas_threads_end": blas_state()["threads"],
+                    "thread_env": blas["env"]},
         "batch": B, "wide": nets["wide"], "bottleneck": nets["bottleneck"], "predict_width": args.predict_width, "ray": ray_why or "used",
         "statistic": args.statistic,
-        "tick_overhead_s": tick_s, "ray_tick_overhead_s": ray_tick, "two_at_once": pair, "results": results,
+        "tick_overhead_s": tick_s, "ray_tick_overhead_s": ray_tick, "ray_tick_cpu_s": ray_cpu, "two_at_once": pair, "results": results,
         "details": tables, "forecast": fc,
         "wall_s": time.perf_counter() - t_start}, indent=1))
     print(f"\nload average {load_end:.2f} at the end\nwrote {path}  ({time.perf_counter() - t_start:.0f} s)")

@@ -118,6 +118,22 @@ def test_ray_runner_is_bit_identical_to_the_sequential_runner(cluster, schedule)
     assert runner.checkpoints >= 3 and runner.faults == []
 
 
+def test_advance_returns_with_ticks_in_flight_and_wait_collects_them(cluster):
+    batches = make_batches(8)
+    seq_net, ray_net = dni_net(S.pipelined()), dni_net(S.pipelined())
+    seq = Runner(seq_net, S.pipelined(), batches, blas_threads=1).run()
+    with RayRunner(ray_net, S.pipelined(), batches, checkpoint_every=0, ticks_in_flight=4) as runner:
+        runner.advance(6)
+        assert 0 < runner.pending_ticks <= 4                  # the driver ran ahead of the actors
+        before = runner.events_run
+        runner.wait()
+        assert runner.pending_ticks == 0 and runner.events_run > before
+        assert len(runner.trace.spans) == runner.events_run   # every collected event has its span
+        runner.run()
+    assert_same_state(seq_net, ray_net)
+    assert seq.log == runner.log
+
+
 @pytest.mark.parametrize("schedule", [S.dni(), S.pipelined()], ids=repr)
 def test_a_killed_actor_is_restored_from_the_last_checkpoint(cluster, schedule, caplog):
     """dni: M_i's kept prediction crosses the checkpoint (made again on restore); pipelined: h and dh in flight."""

@@ -271,6 +271,50 @@ def test_the_aux_weight_scales_the_aux_gradient_and_zero_turns_it_off():
         np.testing.assert_allclose(three - a, 3 * (one - a), rtol=1e-9, atol=1e-12)
 
 
+def test_synth_units_episode_is_batch_units_times_B():
+    """synth_units="episode": M predicts B times the batch loss's gradient. An M whose output layer is B times
+    another's then injects the same gradient (B = 4, a power of two: the scaling is exact), so the core's gradients
+    match bit for bit, while M's targets and the Aux targets are B times the batch-unit ones."""
+    Bp = 4
+    r = np.random.default_rng(5)
+    x = r.normal(size=(7, Bp, I))
+    y = (r.random((7, Bp, K)) < 0.5).astype(np.float64)
+    m = np.ones((7, Bp))
+    out = {}
+    for method in ("dni", "dni-aux"):
+        for units, factor in (("batch", 1.0), ("episode", float(Bp))):
+            synth = RecurrentSynthesizer(H, scale=0.1, dtype=np.float64, rng=0)
+            synth.net[-1].weight.data[...] = factor * np.random.default_rng(3).normal(size=(H, 2 * H))
+            synth.net[-1].bias.data[...] = factor * np.random.default_rng(6).normal(size=2 * H)
+            lrn = learner(method, 2, synth, dtype=np.float64, update=False, synth_units=units,
+                          synth_optimizer=lambda ps: SGD(ps, lr=0.0))
+            if lrn.aux_head is not None:
+                lrn.aux_head.linear.weight.data[...] = np.random.default_rng(4).normal(size=(H, 2 * H))
+            lrn.train_episode(x, y, m)
+            out[method, units] = (grads(lrn), dict(lrn.episode["target"]), dict(lrn.episode["aux_target"]),
+                                  dict(lrn.episode["synthetic"]))
+    (g_b, t_b, _, s_b), (g_e, t_e, _, s_e) = out["dni", "batch"], out["dni", "episode"]
+    for a, b in zip(g_b, g_e):
+        assert np.array_equal(a, b)                                # the same gradient reached the core
+    assert sorted(t_b) == sorted(t_e) and t_b
+    for k in t_b:
+        assert np.array_equal(t_e[k], Bp * t_b[k])                 # M's target in per-episode units
+    assert sorted(s_b) == sorted(s_e) and s_b
+    for k in s_b:                                                  # the used gradient, in batch units
+        assert all(np.array_equal(u, v) for u, v in zip(s_b[k], s_e[k]))
+    a_b, a_e = out["dni-aux", "batch"][2], out["dni-aux", "episode"][2]
+    assert sorted(a_b) == sorted(a_e) and a_b
+    for k in a_b:
+        assert np.array_equal(a_e[k], Bp * a_b[k])                 # the Aux target in M's units
+
+
+def test_synth_units_is_checked():
+    with pytest.raises(ValueError, match="synth_units is 'batch' or 'episode'"):
+        learner("dni", 2, RecurrentSynthesizer(H, rng=0), synth_units="example")
+    with pytest.raises(ValueError, match="synth_units='batch'"):
+        learner("dni", 2, RecurrentOracle({}), synth_units="episode")
+
+
 def test_synth_to_core_sends_the_synthesizer_loss_into_the_lstm():
     x, y, m = episode(6, 2, np.float64)
     make = lambda to_core: learner("dni", 2, RecurrentSynthesizer(H, dtype=np.float64, rng=0),  # noqa: E731

@@ -47,6 +47,24 @@ def test_pipelined_overlaps_and_runs_at_the_busiest_workers_pace():
     assert sim.makespan < total_cost(S.pipelined(), 12, 2)
 
 
+def test_shared_cores_bound_the_time_per_batch():
+    """cores=C: per batch at least (busy of every worker + background per tick) / C. Pipelined, 2 modules: the
+    workers do 2.25 + 3 = 5.25 s a batch, so on 2 cores the timeline's 3 s stands until the background is large."""
+    n_ticks = len({e.tick for e in S.pipelined().events(12, 2)})
+    free = dni.simulate(S.pipelined(), COSTS, n_workers=2, n_modules=2, n_batches=12)
+    quiet = dni.simulate(S.pipelined(), COSTS, n_workers=2, n_modules=2, n_batches=12, cores=2)
+    assert quiet.cpu_bound == pytest.approx(5.25 / 2) and quiet.per_batch == pytest.approx(3.0)
+    busy = dni.simulate(S.pipelined(), COSTS, n_workers=2, n_modules=2, n_batches=12, cores=2, background=1.5)
+    assert busy.cpu_bound == pytest.approx((12 * 5.25 + 1.5 * n_ticks) / (12 * 2))
+    assert busy.per_batch == pytest.approx(busy.cpu_bound) and busy.per_batch > 3.0
+    assert busy.dataflow_per_batch == pytest.approx(free.per_batch)       # the timeline itself is unchanged
+    one = dni.simulate(S.pipelined(), COSTS, n_workers=2, n_modules=2, n_batches=12, cores=1)
+    assert one.per_batch == pytest.approx(5.25)                           # two workers on one core: no overlap
+    assert "the shared cores' bound" in str(busy) and "the shared cores' bound" not in str(free)
+    with pytest.raises(ValueError, match="cores must be >= 1"):
+        dni.simulate(S.pipelined(), COSTS, n_workers=2, n_modules=2, cores=0)
+
+
 def test_dni_dataflow_overlaps_but_the_tick_barrier_does_not():
     """dni on two workers: module 1's work on batch b overlaps module 0's update (F0 + F1 + L1 + S0 = 4.5 s a batch);
     the ConcurrentRunner's barrier after each tick serialises it (F0U0 | F1L1 | S0F0U0: 2 + ... = 5.25 s), and a

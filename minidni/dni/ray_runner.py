@@ -555,6 +555,18 @@ class RayRunner(Runner):
             self.trace.spans += [Span(evs[n], t0 + shift, t1 + shift, f"ray-actor-{m}") for n, t0, t1 in spans]
             self.events_run += len(evs)
 
+    @property
+    def pending_ticks(self):
+        """Ticks submitted to the actors whose results the driver has not collected yet (at most ticks_in_flight)."""
+        return len(self._in_flight)
+
+    def wait(self):
+        """Wait for every tick submitted so far (their logs and spans collected), without fetching the actors' state:
+        run(n) returns with up to ticks_in_flight ticks still running in the actors."""
+        while self._in_flight:
+            self._collect_oldest()
+        return self
+
     def flush(self):
         """Run every queued event, wait for all of them, and load the actors' state into the driver's net."""
         while True:
@@ -572,8 +584,7 @@ class RayRunner(Runner):
         (after a drained run this is also a checkpoint)."""
         if self._actors is None:
             return self
-        while self._in_flight:
-            self._collect_oldest()
+        self.wait()
         states = self._ray.get([a.state.remote(self._drops.pop(k, [])) for k, a in enumerate(self._actors)])
         merged = {key: v for s in states for key, v in s["parts"].items()}
         _load_parts(self.net.named_parts(), self.net._optimizers(), merged)
@@ -592,8 +603,7 @@ class RayRunner(Runner):
         return oldest >= self._checkpoint["oldest"] + self.checkpoint_every
 
     def _take_checkpoint(self):
-        while self._in_flight:
-            self._collect_oldest()
+        self.wait()
         states = self._ray.get([a.state.remote(self._drops.pop(k, [])) for k, a in enumerate(self._actors)])
         self._save_checkpoint(states)
 

@@ -53,12 +53,17 @@ class RecurrentLearner:
                      does (a discounted target); see boundary.py
     synth_loss       "sum" (the paper's ||g_hat - g||^2) or "mean" over the entries; the same for the Aux loss
     aux_weight       the Aux loss's weight against the task loss (the paper: 1)
+    synth_units      what M predicts: "batch", the gradient of the batch's loss as `loss` defines it (bit_loss: the
+                     mean over the B episodes, so each row carries 1/B), or "episode", the gradient of one episode's
+                     own loss, B times larger: the prediction is divided by B where it is used, M's target and the
+                     Aux target are multiplied by B. With Adam the core learns the same either way; what changes is
+                     the size of M's targets against its own optimizer's steps (docs/results-rnn.md)
     loss             loss(logits (n, B, K), targets, mask) -> scalar Tensor for one window (default bits.bit_loss)
     """
 
     def __init__(self, core, readout, schedule, synthesizer=None, aux_head=None, *, optimizer=None,
                  synth_optimizer=None, scale_target=True, synth_loss="sum", loss=bit_loss, update=True,
-                 aux_weight=1.0):
+                 aux_weight=1.0, synth_units="batch"):
         if not isinstance(schedule, TruncatedBPTT):
             raise TypeError(f"RecurrentLearner: schedule must be a dni.tbptt(...) schedule, got {schedule!r}")
         if schedule.synthetic and synthesizer is None:
@@ -71,6 +76,13 @@ class RecurrentLearner:
         self.aux_head = aux_head if schedule.aux else None
         self.scale_target, self.synth_loss, self.loss, self.update = bool(scale_target), synth_loss, loss, update
         self.aux_weight = float(aux_weight)
+        if synth_units not in ("batch", "episode"):
+            raise ValueError(f"RecurrentLearner: synth_units is 'batch' or 'episode'; got {synth_units!r}")
+        fixed = self.synthesizer is not None and not getattr(self.synthesizer, "trainable", True)
+        if synth_units == "episode" and fixed:
+            raise ValueError(f"RecurrentLearner: {self.synthesizer!r} gives the gradients of the batch's loss; use it "
+                             "with synth_units='batch'")
+        self.synth_units = synth_units
         optimizer = optimizer or _adam()
         self.optimizer = optimizer(self.core_parameters())
         trainable = self.synthesizer is not None and getattr(self.synthesizer, "trainable", True)
@@ -144,6 +156,10 @@ class RecurrentLearner:
             getattr(self, "_do_" + event.kind)(event, store)
             yield event, store
 
+    def _units(self, batch):
+        """The factor between M's units and the batch loss's gradient: B for synth_units="episode", else 1."""
+        return batch if self.synth_units == "episode" else 1
+
     # ---- what each kind of event does (see tbptt.py) ---------------------------------------------------------------
     def _do_forward_window(self, event, store):
         k = event.batch
@@ -170,11 +186,16 @@ class RecurrentLearner:
         if synthetic:
             t1 = self.schedule.window(k, self._n_steps)[1]
             g_h, g_c = self.synthesizer.synthetic_gradient(h.data, t=t1)    # scale * M(h_T): the future, guessed
+            u = self._units(h.shape[0])
+            if u != 1:                                                    # M speaks per episode; the loss per batch
+                g_h, g_c = g_h / u, g_c / u
             self.episode["synthetic"][k] = (g_h, g_c)
             total = loss + inject(h, c, g_h, g_c)
         total.backward(retain_graph=self.schedule.keeps_graph)
         if self.schedule.synthetic:
-            store[("target", k)] = arrived_gradient(h0, c0)               # the bootstrapped target for M(s_k)
+            target = arrived_gradient(h0, c0)                             # the bootstrapped target for M(s_k)
+            u = self._units(h0.shape[0])
+            store[("target", k)] = target * u if u != 1 else target
 
     def _do_backward_synthetic(self, event, store):
         self._backward(event, store, synthetic=True)
@@ -206,7 +227,9 @@ class RecurrentLearner:
         if g_h is None:                                                   # the episode's end: the future gradient is 0
             h_next = store[("state", k + 1)][0]
             g_h = g_c = self.device.zeros(h_next.shape, h_next.dtype)
-        target = aux_target(g_h, g_c)
+        target = aux_target(g_h, g_c)                                     # in M's units, like M's own target
+        u = self._units(target.shape[0])
+        target = target * u if u != 1 else target
         self.episode["aux_target"][k] = target
         loss = aux_loss(prediction, target, self.synth_loss)
         (loss if self.aux_weight == 1.0 else loss * self.aux_weight).backward()

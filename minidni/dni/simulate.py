@@ -24,6 +24,11 @@ the order they came, as Ray's do, or of machines that follow the schedule on the
     ticks before has ended, plus `tick_overhead` (the hand-off to the worker threads and back);
   * submit > 0: a driver hands out the calls one at a time in the schedule's order, `submit` seconds each: the k-th
     event cannot start before (k + 1) * submit.
+  * cores: the workers share one machine of `cores` cores with the runner's own processes, which burn `background`
+    CPU-seconds per tick (a Ray driver, raylet and the actors' call handling; a thread runner's hand-offs). The time
+    per batch is then at least (busy time of every worker + background * ticks) / (batches * cores): a CPU bound
+    that the dataflow timeline alone does not see. `per_batch` reports the larger of the two; the timeline drawn is
+    the dataflow's.
 
 The bytes of each transfer follow from the shapes: h_i and dh_i are (batch, width_i) arrays of the net's dtype
 (`transfer_bytes` runs one forward pass to read them; `activation_bytes` computes them from widths).
@@ -200,22 +205,29 @@ class Simulation:
     transfers, the makespan (whole run) and the steady-state time per batch, and each worker's busy time."""
 
     def __init__(self, schedule, n_batches, n_modules, n_workers, placement, link, sync, trace, transfers,
-                 batch_start, worker_busy):
+                 batch_start, worker_busy, cpu_bound=0.0):
         self.schedule, self.n_batches, self.n_modules, self.n_workers = schedule, n_batches, n_modules, n_workers
         self.placement, self.link, self.sync = placement, link, sync
         self.trace, self.transfers, self.batch_start, self.busy = trace, transfers, batch_start, worker_busy
         self.makespan = max((s.end for s in trace.spans), default=0.0)
+        self.cpu_bound = float(cpu_bound)          # seconds per batch the shared cores allow at best (0: no bound)
 
     @property
-    def per_batch(self):
-        """Seconds per batch in steady state: the mean gap between the starts of successive batches (their first
-        events) over the second half of the run, so the pipeline's fill and drain are left out (what a runner timed
-        over a long stream shows); makespan / n_batches for fewer than 3 batches."""
+    def dataflow_per_batch(self):
+        """Seconds per batch in steady state on the timeline: the mean gap between the starts of successive batches
+        (their first events) over the second half of the run, so the pipeline's fill and drain are left out (what a
+        runner timed over a long stream shows); makespan / n_batches for fewer than 3 batches."""
         n = self.n_batches
         if n < 3:
             return self.makespan / n
         k = n // 2
         return (self.batch_start[n - 1] - self.batch_start[k - 1]) / (n - k)
+
+    @property
+    def per_batch(self):
+        """Seconds per batch in steady state: the timeline's (dataflow_per_batch), or the shared cores' CPU bound
+        (cpu_bound, simulate(cores=...)) where that is larger."""
+        return max(self.dataflow_per_batch, self.cpu_bound)
 
     @property
     def utilisation(self):
@@ -230,7 +242,9 @@ class Simulation:
     def __str__(self):
         lines = [f"simulated {self.schedule!r}: {self.n_batches} batches, {self.n_modules} modules on "
                  f"{self.n_workers} workers (placement {self.placement}), {self.link}, sync={self.sync}",
-                 f"  makespan {1e3 * self.makespan:.3f} ms, {1e3 * self.per_batch:.3f} ms per batch in steady state",
+                 f"  makespan {1e3 * self.makespan:.3f} ms, {1e3 * self.per_batch:.3f} ms per batch in steady state"
+                 + (f" (the shared cores' bound {1e3 * self.cpu_bound:.3f} ms, the timeline "
+                    f"{1e3 * self.dataflow_per_batch:.3f} ms)" if self.cpu_bound else ""),
                  f"  {len(self.transfers)} transfers, {self.comm_seconds * 1e3:.3f} ms of link time"]
         for w in range(self.n_workers):
             mods = [m for m, p in enumerate(self.placement) if p == w]
@@ -274,7 +288,7 @@ def _lookup(costs, event):
 
 def simulate(schedule, costs, n_workers=None, link=Link(), *, n_batches=16, n_modules=None, nbytes=None,
              placement=None, sync="dataflow", dispatch=None, per_call=0.0, tick_overhead=0.0, submit=0.0,
-             target="bootstrap"):
+             target="bootstrap", cores=None, background=0.0):
     """Lay out the events of `schedule` in time on `n_workers` workers; return a Simulation (see the module docstring).
 
     schedule   a Schedule, or a list of Events (in the schedule's order)
@@ -287,6 +301,8 @@ def simulate(schedule, costs, n_workers=None, link=Link(), *, n_batches=16, n_mo
                every tick, and tick_overhead seconds before each tick after the first: the ConcurrentRunner)
     submit     a driver's serial cost per event: the k-th event of the schedule starts at (k + 1) * submit at the
                earliest
+    cores      the cores the workers share with the runner's processes (None: a core per worker, no bound);
+               background: those processes' CPU-seconds per tick
     """
     if sync not in SYNCS:
         raise ValueError(f"simulate: sync must be one of {SYNCS}, got {sync!r}")
@@ -394,8 +410,15 @@ def simulate(schedule, costs, n_workers=None, link=Link(), *, n_batches=16, n_mo
                 raise ValueError(f"simulate: deadlock: {stuck[0]} waits for {', '.join(missing)}, which no event "
                                  "before it on any worker writes; the schedule is inconsistent (schedules.check)")
     trace.spans.sort(key=lambda s: (s.start, s.event.module))
+    cpu_bound = 0.0
+    if cores is not None:
+        if not cores >= 1 or not background >= 0:
+            raise ValueError(f"simulate: cores must be >= 1 and background >= 0 CPU-seconds per tick, got "
+                             f"cores={cores!r}, background={background!r}")
+        n_ticks = len({e.tick for e in events})
+        cpu_bound = (sum(busy) + background * n_ticks) / (n_batches * cores)
     return Simulation(schedule, n_batches, n_modules, n_workers, placement, link, sync, trace, transfers, batch_start,
-                      dict(enumerate(busy)))
+                      dict(enumerate(busy)), cpu_bound)
 
 
 def _bytes(nbytes, key, link, event):

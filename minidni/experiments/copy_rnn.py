@@ -133,6 +133,9 @@ class CopyConfig(TrainConfig):
                                      "gradient). See dni/boundary.py")
     synth_to_core: bool = param(False, "the synthesizer loss also backpropagates into the LSTM")
     aux_weight: float = param(1.0, "DNI + Aux: the weight of the Aux loss against the task loss (the paper: 1)", ge=0.0)
+    synth_units: str = param("batch", "what M predicts: the gradient of the batch-mean loss (batch, entries ~1/B) or "
+                                      "of one episode's loss (episode, B times larger; the Aux target too). "
+                                      "See dni/recurrent_runner.py", choices=("batch", "episode"))
     solved_bits: float = param(0.15, "a level is solved below this many bit errors per output step", gt=0.0)
     check_every: int = param(50, "batches between curriculum checks (the error is averaged over them)", ge=1)
     log_every: int = param(50, "write a training record to metrics.jsonl every this many batches", ge=1)
@@ -165,7 +168,8 @@ def recurrent_learner(config, method, n_in, n_out, **learner_options):
     return RecurrentLearner(core, readout, tbptt(config.T, method, config.synth_to_core), synth, aux,
                             optimizer=lambda ps: Adam(ps, lr=config.lr),
                             synth_optimizer=lambda ps: Adam(ps, lr=synth_lr), scale_target=config.scale_target,
-                            aux_weight=getattr(config, "aux_weight", 1.0), **learner_options)
+                            aux_weight=getattr(config, "aux_weight", 1.0),
+                            synth_units=getattr(config, "synth_units", "batch"), **learner_options)
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
