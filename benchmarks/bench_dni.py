@@ -394,8 +394,11 @@ class Worker:
         self.name = name
         sizes = ["--batch", str(B), "--width", str(H), "--layers", str(K), "--synth-width", str(SYNTH_HIDDEN[0]),
                  "--torch-threads", str(TORCH_THREADS)]
+        from minidni.memory import malloc_env
+
+        # a PyTorch worker under the allocator policy minidni applies at import (minidni/memory.py), via glibc's env
         self.p = subprocess.Popen([sys.executable, __file__, "--worker", *sizes], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, text=True, env={**os.environ, **malloc_env()})
         self.p.stdin.write(name + "\n")
         self.p.stdin.flush()
 

@@ -17,7 +17,7 @@ sets both). On a shared machine `--threads 1 --clock cpu` times each worker's CP
 so the time a worker spends descheduled by other people's jobs is not counted.
 
 Also: the cost of a DNI step over a BPTT step at the same T (dni.RecurrentLearner, Copy size, `--no-dni` skips it),
-and with `--kernels` only the gate kernels (Numba versions 1-3 and the NumPy reference, checked, then timed).
+and with `--kernels` only the gate kernels (every Numba version and the NumPy reference, checked, then timed).
 
 The GEMM bound: the step's matrix products alone, the same shapes, timed back to back with NumPy (the input projection
 (T B, I) x (I, 4H), T recurrent products (B, H) x (H, 4H), the readout, and their backward: T products dz W_h^T,
@@ -205,7 +205,7 @@ def bench_kernels(sizes, reps=30):
         want_b = reference.lstm_gates_backward(want[2], c, want[1], dh, dc)
         fwd = {"reference": lambda: reference.lstm_gates_forward(zx, zh, b, c)}
         bwd = {"reference": lambda: reference.lstm_gates_backward(want[2], c, want[1], dh, dc)}
-        for v in (1, 2, 3):
+        for v in sorted(cpu.LSTM_GATES_FORWARD_VERSIONS):
             got = cpu.lstm_gates_forward(zx, zh, b, c, _version=v)
             got_b = cpu.lstm_gates_backward(want[2], c, want[1], dh, dc, _version=v)
             for a, e in zip(got + got_b, want + want_b):
@@ -273,7 +273,7 @@ def main(argv=None):
                          "processes on a shared machine: time spent descheduled is not counted)")
     ap.add_argument("--ceiling-n", type=int, default=2048, help="size of the square GEMM that measures the ceiling")
     ap.add_argument("--no-dni", action="store_true", help="skip the DNI-over-BPTT cost (Copy size only)")
-    ap.add_argument("--kernels", action="store_true", help="only time the gate kernels, versions 1-3 and reference")
+    ap.add_argument("--kernels", action="store_true", help="only time the gate kernels, every version and the reference")
     ap.add_argument("--quick", action="store_true", help="3 samples")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -301,6 +301,9 @@ def main(argv=None):
           f"(torch gets the same); numpy {np.__version__}, numba {numba.__version__}, "
           f"torch {torch.__version__ if torch else 'absent'}")
     print(f"float32 GEMM ceiling (numpy, {args.ceiling_n}^3, {args.clock} clock): {ceiling:.1f} GFLOP/s")
+    from minidni.memory import malloc_env, policy
+
+    print(f"allocator: {policy()['why']}; every engine's worker runs with {malloc_env()}")
     if args.clock == "cpu" and threads != 1:
         print("note: --clock cpu with more than one thread counts the threads' spinning too")
     results = []
@@ -352,7 +355,8 @@ def main(argv=None):
         "command": "python benchmarks/bench_lstm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cores": os.cpu_count(), "blas_threads": threads, "processor": platform.processor(),
                     "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-                    "torch": torch.__version__ if torch else None},
+                    "torch": torch.__version__ if torch else None, "allocator": policy(),
+                    "worker_env": malloc_env()},
         "clock": args.clock, "gemm_gflops": ceiling, "results": results, "dni_cost": dni_cost}, indent=1))
     print(f"\nwrote {path}")
 

@@ -145,16 +145,16 @@ def test_initial_state_gradient_is_the_window_gradient(backend):
 
 
 # ---- kernels: Numba against the NumPy reference ------------------------------------------------------------------
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
 def test_gate_kernels_numba_match_reference(dtype, layout, version):
     """Every version of the Numba kernels (1: the plain loop, 2: transcendentals by NumPy, 3: float32 with a rational
-    tanh) against the reference."""
+    tanh, 4: version 3 with the rows split over the cores) against the reference."""
     from minidni.kernels import cpu
 
-    if version == 3 and dtype == np.float64:
-        pytest.skip("version 3 is float32 only")
+    if version in (3, 4) and dtype == np.float64:
+        pytest.skip("versions 3 and 4 are float32 only")
 
     r = np.random.default_rng(8)
     b_, h_ = 5, 7
@@ -172,6 +172,29 @@ def test_gate_kernels_numba_match_reference(dtype, layout, version):
     for name, a, e in zip(("dz", "dc_prev"), got_b, want_b):
         assert a.dtype == dtype
         assert_close(a, e, dtype, what=f"backward {name}")
+
+
+def test_gate_kernels_v4_split_over_rows_is_v3_bit_for_bit(monkeypatch):
+    """Version 4 with the split forced (every size splits) on one and on two BLAS threads (= workers), odd row counts
+    included: each row is computed by version 3's loop, so the bits are version 3's."""
+    from threadpoolctl import threadpool_limits
+
+    from minidni.kernels import cpu
+
+    monkeypatch.setattr(cpu, "LSTM_SPLIT_MIN", 1)
+    r = np.random.default_rng(9)
+    for b_, h_ in ((1, 3), (5, 7), (64, 16)):
+        zx, zh = (3 * r.standard_normal((b_, 4 * h_)).astype(np.float32) for _ in range(2))
+        bias = r.standard_normal(4 * h_).astype(np.float32)
+        c, dh, dc = (r.standard_normal((b_, h_)).astype(np.float32) for _ in range(3))
+        want = cpu.lstm_gates_forward(zx, zh, bias, c, _version=3)
+        want_b = cpu.lstm_gates_backward(want[2], c, want[1], dh, dc, _version=3)
+        for threads in (1, 2):
+            with threadpool_limits(threads, user_api="blas"):
+                got = cpu.lstm_gates_forward(zx, zh, bias, c, _version=4)
+                got_b = cpu.lstm_gates_backward(want[2], c, want[1], dh, dc, _version=4)
+            for a, e in zip(got + got_b, want + want_b):
+                np.testing.assert_array_equal(a, e)
 
 
 def test_rational_tanh_is_float32_accurate():

@@ -1309,10 +1309,14 @@ def _lstm_gates_forward_3(zx, zh, b, c, h_new, c_new, gates):
 
 
 def _lstm_version(table, version, dtype):
-    """The kernel to run: version 3 is float32 only (float64 runs version 2 under that number); default 3 / 2."""
-    if version is None or (version == 3 and dtype != np.float32):
-        version = 3 if dtype == np.float32 else 2
+    """The kernel to run: versions 3 and 4 are float32 only (float64 runs version 2 under those numbers); default
+    LSTM_DEFAULT_VERSION for float32, 2 for float64."""
+    if version is None or (version in (3, 4) and dtype != np.float32):
+        version = LSTM_DEFAULT_VERSION if dtype == np.float32 else 2
     return table[version]
+
+
+LSTM_DEFAULT_VERSION = 4       # version 3 below LSTM_SPLIT_MIN elements, split over the cores above
 
 
 def lstm_gates_forward(zx, zh, b, c, out=None, _version=None):
@@ -1391,5 +1395,34 @@ def lstm_gates_backward(gates, c, c_new, dh, dc, out=None, _version=None):
     return out
 
 
-LSTM_GATES_FORWARD_VERSIONS = {1: _lstm_gates_forward_1, 2: _lstm_gates_forward_2, 3: _lstm_gates_forward_3}
-LSTM_GATES_BACKWARD_VERSIONS = {1: _lstm_gates_backward_1, 2: _lstm_gates_backward_2, 3: _lstm_gates_backward_3}
+# Version 4: version 3 with the rows split over the cores. Rows are independent, so each of k threads (one per BLAS
+# thread, _run_split: none when a caller limited BLAS to one thread, as the concurrent DNI runner does) runs version
+# 3 on a contiguous block of rows [lo, hi), the same arithmetic per element: bit for bit version 3's result. Split
+# from LSTM_SPLIT_MIN elements per gate: measured (`bench_lstm.py --kernels`, 2 cores, us forward / backward), the
+# split lost at (256, 256) (262 / 212 against version 3's 242 / 174) and (32, 1024), and won at (256, 1024)
+# (658 / 514 against 971 / 694).
+LSTM_SPLIT_MIN = 131072
+
+
+def _lstm_gates_forward_4(zx, zh, b, c, h_new, c_new, gates):
+    B, H = c.shape
+
+    def rows(lo, hi, part):
+        _lstm_gates_forward_3(zx[lo:hi], zh[lo:hi], b, c[lo:hi], h_new[lo:hi], c_new[lo:hi], gates[lo:hi])
+
+    _run_split(rows, B, worth_it=B * H >= LSTM_SPLIT_MIN, uses_blas=False)
+
+
+def _lstm_gates_backward_4(gates, c, c_new, dh, dc, dz, dc_prev):
+    B, H = c.shape
+
+    def rows(lo, hi, part):
+        _lstm_gates_backward_3(gates[lo:hi], c[lo:hi], c_new[lo:hi], dh[lo:hi], dc[lo:hi], dz[lo:hi], dc_prev[lo:hi])
+
+    _run_split(rows, B, worth_it=B * H >= LSTM_SPLIT_MIN, uses_blas=False)
+
+
+LSTM_GATES_FORWARD_VERSIONS = {1: _lstm_gates_forward_1, 2: _lstm_gates_forward_2, 3: _lstm_gates_forward_3,
+                               4: _lstm_gates_forward_4}
+LSTM_GATES_BACKWARD_VERSIONS = {1: _lstm_gates_backward_1, 2: _lstm_gates_backward_2, 3: _lstm_gates_backward_3,
+                                4: _lstm_gates_backward_4}
