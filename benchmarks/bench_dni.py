@@ -64,7 +64,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_engine import check_float32, gemm_gflops  # noqa: E402  (same ceiling measurement as bench_engine)
+from bench_engine import check_float32, gemm_gflops, worker_env  # noqa: E402  (same ceiling as bench_engine)
 
 B, D_IN, H, D_OUT, K = 256, 784, 256, 10, 5          # batch, MNIST, hidden width, classes, hidden layers (6 layers)
 SYNTH_HIDDEN = (1024, 1024)                            # the paper's MLP synthesizer
@@ -394,11 +394,8 @@ class Worker:
         self.name = name
         sizes = ["--batch", str(B), "--width", str(H), "--layers", str(K), "--synth-width", str(SYNTH_HIDDEN[0]),
                  "--torch-threads", str(TORCH_THREADS)]
-        from minidni.memory import malloc_env
-
-        # a PyTorch worker under the allocator policy minidni applies at import (minidni/memory.py), via glibc's env
         self.p = subprocess.Popen([sys.executable, __file__, "--worker", *sizes], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env={**os.environ, **malloc_env()})
+                                  stdout=subprocess.PIPE, text=True, env=worker_env())   # bench_engine's allocator
         self.p.stdin.write(name + "\n")
         self.p.stdin.flush()
 

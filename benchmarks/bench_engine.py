@@ -314,18 +314,22 @@ def serve(step, name="engine"):
         print(time.perf_counter() - t, flush=True)
 
 
+def worker_env():
+    """The environment of an engine's worker process: this one's, plus the allocator policy minidni applies at import
+    (minidni/memory.py) as glibc's variables, so a PyTorch worker runs under it too and the benchmarks compare
+    engines, not two malloc settings."""
+    from minidni.memory import malloc_env
+
+    return {**os.environ, **malloc_env()}
+
+
 def measure(names, k, bn, samples, steps_per_sample, warmup, settle, script=__file__):
     """Median steps/s of each engine (and the raw samples): one `script --worker` process per engine name, driven
     round-robin. Other benchmarks pass their own script, whose worker speaks the same protocol as `worker()`."""
-    from minidni.memory import malloc_env
-
-    # every worker under the allocator policy minidni applies at import (minidni/memory.py): a PyTorch worker gets it
-    # from glibc's environment variables, so the engines are compared, not two malloc settings
-    env = {**os.environ, **malloc_env()}
     procs = {}
     for name in names:
         p = subprocess.Popen([sys.executable, str(script), "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True, env=env)
+                             text=True, env=worker_env())
         p.stdin.write(f"{name} {k} {int(bn)}\n")
         p.stdin.flush()
         procs[name] = p

@@ -18,7 +18,6 @@ high-water mark of heap memory instead of returning it to the OS. On a C library
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 MMAP_THRESHOLD = 1 << 30          # bytes: blocks below this come from the heap, not from a fresh mmap
@@ -29,13 +28,15 @@ _state = {"applied": False, "why": "not applied yet (minidni.memory.keep_freed_m
 
 
 def _glibc():
-    """The process's C library if it is glibc (it has gnu_get_libc_version), else None."""
+    """The process's C library if it is glibc (it has gnu_get_libc_version), else None. CDLL(None) is the symbols
+    already loaded into the process: no search for the library (ctypes.util.find_library runs ldconfig), since this
+    runs at every `import minidni`."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version.restype = ctypes.c_char_p
         libc.gnu_get_libc_version()
         return libc
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
 
 

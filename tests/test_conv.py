@@ -216,6 +216,20 @@ def _blas_threads(n):
     return threadpoolctl.threadpool_limits(limits=n, user_api="blas")
 
 
+def _case_with_reference(case, seed):
+    """From ((N, C, H, W), (O, KH, KW), stride, padding): a strided float32 x, W, b, an upstream gradient g, and the
+    reference's (y, dx, dW, db) -- the inputs and the expected outputs of the version-vs-workers tests."""
+    xs, (o, kh, kw), stride, padding = case
+    r = np.random.default_rng(seed)
+    x = with_layout(r.standard_normal(xs).astype(np.float32), "strided")
+    W = r.standard_normal((o, xs[1], kh, kw)).astype(np.float32)
+    b = r.standard_normal(o).astype(np.float32)
+    y_ref = reference.conv2d_forward(x, W, b, stride, padding)
+    g = r.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dW_ref, db_ref = reference.conv2d_backward(x, W, g, stride, padding, True, True, True)
+    return x, W, b, g, stride, padding, (y_ref, dx_ref, dW_ref, db_ref)
+
+
 def _same_on_one_and_two_workers(version, x, W, b, g, stride, padding, expected, label):
     """Version `version` on one and on two BLAS threads (= workers): each output close to `expected` (y, dx, dW, db),
     and y and dx the same bits on both (each output has one writer; dW is summed per worker, so only close)."""
@@ -241,19 +255,11 @@ def test_conv2d_v3_bands_and_workers(monkeypatch, case):
     """Version 3 with bands of one output row and with whole images, on one and on two workers: the reference's
     numbers, and for a given band size the same bits on any number of workers for y and dx (each output has one
     writer and every GEMM runs on one BLAS thread; dW is summed per worker, so it is only close)."""
-    xs, (o, kh, kw), stride, padding = case
-    r = np.random.default_rng(7)
-    x = with_layout(r.standard_normal(xs).astype(np.float32), "strided")
-    W = r.standard_normal((o, xs[1], kh, kw)).astype(np.float32)
-    b = r.standard_normal(o).astype(np.float32)
-    y_ref = reference.conv2d_forward(x, W, b, stride, padding)
-    g = r.standard_normal(y_ref.shape).astype(np.float32)
-    dx_ref, dW_ref, db_ref = reference.conv2d_backward(x, W, g, stride, padding, True, True, True)
+    x, W, b, g, stride, padding, expected = _case_with_reference(case, seed=7)
     monkeypatch.setattr(cpu, "SPLIT_MIN_FLOPS", 0)  # split even these tiny products
     for band_bytes in (1, 1 << 30):  # 1 byte: one output row per band
         monkeypatch.setattr(cpu, "CONV_BAND_BYTES", band_bytes)
-        _same_on_one_and_two_workers(3, x, W, b, g, stride, padding, (y_ref, dx_ref, dW_ref, db_ref),
-                                     f"band bytes {band_bytes}")
+        _same_on_one_and_two_workers(3, x, W, b, g, stride, padding, expected, f"band bytes {band_bytes}")
 
 
 @pytest.mark.parametrize("case", [
@@ -264,21 +270,14 @@ def test_conv2d_v4_blocks_and_workers(monkeypatch, case):
     """Version 4 with one image per GEMM, with blocks of 3 (the last one shorter) and of the whole batch, on one and
     on two workers: the reference's numbers, and for a given block size the same bits on any number of workers for
     y and dx (the blocks, not the images, are split, so a block holds the same images whatever the split)."""
-    xs, (o, kh, kw), stride, padding = case
-    r = np.random.default_rng(11)
-    x = with_layout(r.standard_normal(xs).astype(np.float32), "strided")
-    W = r.standard_normal((o, xs[1], kh, kw)).astype(np.float32)
-    b = r.standard_normal(o).astype(np.float32)
-    y_ref = reference.conv2d_forward(x, W, b, stride, padding)
-    L = y_ref.shape[2] * y_ref.shape[3]
-    g = r.standard_normal(y_ref.shape).astype(np.float32)
-    dx_ref, dW_ref, db_ref = reference.conv2d_backward(x, W, g, stride, padding, True, True, True)
+    x, W, b, g, stride, padding, expected = _case_with_reference(case, seed=11)
+    (n, c, _, _), (_, _, kh, kw) = x.shape, W.shape
+    L = g.shape[2] * g.shape[3]                     # output pixels per image
     monkeypatch.setattr(cpu, "SPLIT_MIN_FLOPS", 0)
-    for images in (1, 3, xs[0]):
+    for images in (1, 3, n):
         monkeypatch.setattr(cpu, "CONV_BLOCK_COLUMNS", images * L)
-        assert cpu._images_per_block(xs[0], xs[1] * kh * kw, L, 4) == images
-        _same_on_one_and_two_workers(4, x, W, b, g, stride, padding, (y_ref, dx_ref, dW_ref, db_ref),
-                                     f"{images} images a block")
+        assert cpu._images_per_block(n, c * kh * kw, L, 4) == images
+        _same_on_one_and_two_workers(4, x, W, b, g, stride, padding, expected, f"{images} images a block")
 
 
 def test_conv2d_v4_large_images_take_version_3s_bands(monkeypatch):

@@ -1,3 +1,5 @@
+"""Print each run folder's lengths solved (length@batch), its bits per step over the last 1,000 batches at its
+level and its last synthesizer loss: the rows of the pilot tables. usage: summ.py RUN_FOLDER [RUN_FOLDER ...]"""
 import json, sys
 for f in sys.argv[1:]:
     try: rs=[json.loads(l) for l in open(f+'/metrics.jsonl')]

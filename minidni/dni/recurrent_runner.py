@@ -156,9 +156,13 @@ class RecurrentLearner:
             getattr(self, "_do_" + event.kind)(event, store)
             yield event, store
 
-    def _units(self, batch):
-        """The factor between M's units and the batch loss's gradient: B for synth_units="episode", else 1."""
-        return batch if self.synth_units == "episode" else 1
+    def _in_m_units(self, a):
+        """A gradient of the batch's loss (B, ...) in M's units: times B for synth_units="episode", else as it is."""
+        return a * a.shape[0] if self.synth_units == "episode" else a
+
+    def _in_batch_units(self, a):
+        """M's output (B, ...) as a gradient of the batch's loss: divided by B for synth_units="episode"."""
+        return a / a.shape[0] if self.synth_units == "episode" else a
 
     # ---- what each kind of event does (see tbptt.py) ---------------------------------------------------------------
     def _do_forward_window(self, event, store):
@@ -186,16 +190,12 @@ class RecurrentLearner:
         if synthetic:
             t1 = self.schedule.window(k, self._n_steps)[1]
             g_h, g_c = self.synthesizer.synthetic_gradient(h.data, t=t1)    # scale * M(h_T): the future, guessed
-            u = self._units(h.shape[0])
-            if u != 1:                                                    # M speaks per episode; the loss per batch
-                g_h, g_c = g_h / u, g_c / u
+            g_h, g_c = self._in_batch_units(g_h), self._in_batch_units(g_c)
             self.episode["synthetic"][k] = (g_h, g_c)
             total = loss + inject(h, c, g_h, g_c)
         total.backward(retain_graph=self.schedule.keeps_graph)
         if self.schedule.synthetic:
-            target = arrived_gradient(h0, c0)                             # the bootstrapped target for M(s_k)
-            u = self._units(h0.shape[0])
-            store[("target", k)] = target * u if u != 1 else target
+            store[("target", k)] = self._in_m_units(arrived_gradient(h0, c0))   # the bootstrapped target for M(s_k)
 
     def _do_backward_synthetic(self, event, store):
         self._backward(event, store, synthetic=True)
@@ -227,9 +227,7 @@ class RecurrentLearner:
         if g_h is None:                                                   # the episode's end: the future gradient is 0
             h_next = store[("state", k + 1)][0]
             g_h = g_c = self.device.zeros(h_next.shape, h_next.dtype)
-        target = aux_target(g_h, g_c)                                     # in M's units, like M's own target
-        u = self._units(target.shape[0])
-        target = target * u if u != 1 else target
+        target = self._in_m_units(aux_target(g_h, g_c))                   # in M's units, like M's own target
         self.episode["aux_target"][k] = target
         loss = aux_loss(prediction, target, self.synth_loss)
         (loss if self.aux_weight == 1.0 else loss * self.aux_weight).backward()

@@ -1308,15 +1308,15 @@ def _lstm_gates_forward_3(zx, zh, b, c, h_new, c_new, gates):
             h_new[n, j] = gates[n, 3 * H + j] * _tanh32(c_new[n, j])
 
 
+LSTM_DEFAULT_VERSION = 4       # version 3 below LSTM_SPLIT_MIN elements, split over the cores above
+
+
 def _lstm_version(table, version, dtype):
     """The kernel to run: versions 3 and 4 are float32 only (float64 runs version 2 under those numbers); default
     LSTM_DEFAULT_VERSION for float32, 2 for float64."""
     if version is None or (version in (3, 4) and dtype != np.float32):
         version = LSTM_DEFAULT_VERSION if dtype == np.float32 else 2
     return table[version]
-
-
-LSTM_DEFAULT_VERSION = 4       # version 3 below LSTM_SPLIT_MIN elements, split over the cores above
 
 
 def lstm_gates_forward(zx, zh, b, c, out=None, _version=None):
