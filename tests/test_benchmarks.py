@@ -219,3 +219,37 @@ def test_bench_distributed_quick_runs_and_writes_json(tmp_path):
     assert [(r["net"], r["config"]) for r in data["results"]] == [(n, c) for n in ("wide", "bottleneck") for c in configs]
     assert data["bottleneck"] == "bottleneck:64:1:16" and "784-64-16-64-16-10" in res.stdout
     assert all(r["s_per_step"] > 0 and r["simulated_s_per_step"] > 0 for r in data["results"])
+
+
+@pytest.mark.parametrize("variant", ["conv-xy", "linear"])
+def test_cnn_fit_synth_probe_runs(tmp_path, variant):
+    """The frozen-net synthesizer probe of issue 14 runs end to end and writes one record per scoring point."""
+    out = tmp_path / "fit.jsonl"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cnn_dni_pilots" / "fit_synth.py"), "--variant", variant,
+           "--lr", "1e-4", "--pretrain", "2", "--fit-steps", "4", "--every", "2", "--batch-size", "8",
+           "--cache", str(tmp_path / "net.npz"), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "share of |dL/dh|^2" in res.stdout
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0, 2, 4]
+    assert recs[0]["cos"] == 0.0 and recs[0]["norm_ratio"] == 0.0          # zero-initialised output layer
+    assert recs[-1]["norm_ratio"] > 0 and -1.0 <= recs[-1]["cos"] <= 1.0
+    assert (tmp_path / "net.npz").exists()
+
+
+def test_cnn_cosines_summary(tmp_path):
+    """cosines.py: mean cosine and median norm ratio per module over the records after --after, from a known file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 5, "split": "train", "loss": 1.0}]
+    for step, cos, ns in [(5, 0.9, 9.0), (10, 0.2, 1.0), (15, 0.4, 2.0), (20, 0.6, 4.0)]:
+        rows.append({"step": step, "split": "synthetic_grad", "module": 0, "cos": cos, "norm_synthetic": ns,
+                     "norm_true": 2.0})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run / "summary.json").write_text(json.dumps({"test_error": 0.0161}))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cnn_dni_pilots" / "cosines.py"), str(run), "--after", "5"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    # records after step 5: cos 0.2, 0.4, 0.6 (mean 0.4); ratios 0.5, 1, 2 (median 1)
+    assert "test error 1.61%" in res.stdout and "module 0: cos 0.400, norm ratio 1.00 (3 records)" in res.stdout
