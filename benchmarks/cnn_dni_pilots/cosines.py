@@ -1,5 +1,8 @@
 """The synthetic-gradient agreement of DNI / cDNI runs, as docs/results-mnist.md tabulates it (issue 14).
 
+How close each synthesizer's g_hat = M(h_i [, y]) (Jaderberg et al. 2016, Sec. 3.1) came to the true dL/dh_i, from
+the diagnostics the DNINet writes to metrics.jsonl every `diagnose_every` steps (split "synthetic_grad").
+
 For each run folder: the test error from summary.json, and per module the mean cosine of g_hat with the true gradient
 and the median norm ratio |g_hat| / |g| over the `synthetic_grad` records of metrics.jsonl after step --after.
 
@@ -11,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from minidni.experiments.feedforward import DIAGNOSTIC_SPLIT
+from minidni.results import read_metrics
+from minidni.train import SUMMARY
+
 
 def agreement(folder, after):
-    folder = Path(folder)
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-    rows = [r for r in rows if r.get("split") == "synthetic_grad" and r["step"] > after]
+    """{module: (mean cosine, median norm ratio, records)} over the diagnostics after step `after`."""
+    rows = [r for r in read_metrics(folder) if r.get("split") == DIAGNOSTIC_SPLIT and r["step"] > after]
     out = {}
     for m in sorted({r["module"] for r in rows}):
         mine = [r for r in rows if r["module"] == m]
@@ -30,7 +36,8 @@ def main():
     ap.add_argument("--after", type=int, default=1000, help="use the records after this step (default 1000)")
     args = ap.parse_args()
     for run in args.runs:
-        summary = json.loads((Path(run) / "summary.json").read_text()) if (Path(run) / "summary.json").exists() else {}
+        path = Path(run) / SUMMARY
+        summary = json.loads(path.read_text()) if path.exists() else {}
         err = summary.get("test_error")
         cells = [f"module {m}: cos {c:.3f}, norm ratio {q:.2f} ({n} records)" for m, (c, q, n) in
                  agreement(run, args.after).items()]

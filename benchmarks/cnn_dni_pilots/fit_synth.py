@@ -1,6 +1,7 @@
 """How well can a conv synthesizer predict the true gradient of the paper's CNN at all? A frozen-net probe (issue 14).
 
-In the CNN rows of Table 1 (docs/results-mnist.md) even the top synthesizer, whose target is the true gradient of the
+The synthesizer is the paper's for CNNs (Jaderberg et al. 2016, Sec. 3.1 and v1 appendix A.1: M(h_i [, y]) regresses
+on dL/dh_i). In the CNN rows of Table 1 (docs/results-mnist.md) even the top synthesizer, whose target is the true gradient of the
 readout, reaches a cosine of only 0.01 (DNI) / 0.08 (cDNI) with it at 3 layers. This script separates the
 synthesizer's capacity from the chase: it trains the paper's CNN with backprop for `--pretrain` steps, freezes it
 (batch norm on its running statistics), and then fits synthesizers on (h_i, dL/dh_i) pairs of fresh training batches,
@@ -29,10 +30,13 @@ import numpy as np
 
 from minidni import nn, ops
 from minidni.autograd import no_grad
-from minidni.dni.synthesizer import ConvSynthesizer, Synthesizer, one_hot
+from minidni.dni import DNINet
+from minidni.dni.interface import gradient_agreement
+from minidni.dni.synthesizer import ConvSynthesizer, Synthesizer
 from minidni.experiments.feedforward import DniCnnConfig, build_modules, load_data
 from minidni.optim import Adam
 from minidni.tensor import Tensor
+from minidni.train import Backprop
 
 
 class CoordConvSynthesizer(nn.Module):
@@ -66,54 +70,36 @@ class FlatSynthesizer(nn.Module):
         return self.inner(h.reshape(n, -1), y).reshape(n, *self.shape)
 
 
-def pretrain(config, steps, cache, rng_seed=0):
-    """The paper's CNN (config.layers) trained with backprop for `steps` batches; cached as an npz of its state."""
-    rng = np.random.default_rng(rng_seed)
+def pretrain(config, steps, cache):
+    """The paper's CNN (config.layers), as its DNI cut points (the blocks), trained with backprop for `steps` batches;
+    cached as an npz of its state. Returns (model, blocks, training split)."""
     (xtr, ytr), _, _ = load_data("mnist", config, images=True)
-    modules, widths = build_modules("cnn", config, (1, 28, 28), rng)
+    modules, _ = build_modules("cnn", config, (1, 28, 28), np.random.default_rng(0))
     model = nn.Sequential(*modules)
     if cache.exists():
-        state = dict(np.load(cache))
-        model.load_state_dict(state)
+        model.load_state_dict(dict(np.load(cache)))
         return model, modules, (xtr, ytr)
-    opt = Adam(model.parameters(), lr=config.lr)
-    model.train()
+    learner = Backprop(model, Adam(model.parameters(), lr=config.lr))
     order = np.random.default_rng(1)
     t0 = time.time()
     for step in range(steps):
         idx = order.integers(0, len(xtr), config.batch_size)
-        loss = ops.cross_entropy(model(Tensor(xtr[idx])), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = learner.train_step(xtr[idx], ytr[idx])["loss"]
         if step % 100 == 0:
-            print(f"pretrain {step}: loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+            print(f"pretrain {step}: loss {loss:.3f} ({time.time() - t0:.0f} s)", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **{k: np.asarray(v) for k, v in model.state_dict().items()})
     return model, modules, (xtr, ytr)
 
 
-def features_and_grads(modules, cut, x, y):
-    """h = blocks[0..cut](x) and dL/dh through the blocks above, the net in eval mode (nothing in it changes)."""
+def features_and_grads(net, cut, x, y):
+    """h = blocks[0..cut](x) and dL/dh (DNINet.true_gradient: backprop through the blocks above), in eval mode."""
     with no_grad():
-        low = Tensor(x)
-        for m in modules[:cut + 1]:
-            low = m(low)
-    h = Tensor(np.ascontiguousarray(low.data), requires_grad=True)
-    out = h
-    for m in modules[cut + 1:]:
-        out = m(out)
-    ops.cross_entropy(out, y).backward()
-    g = h.grad.copy()
-    for m in modules:
-        m.zero_grad()
-    return h.data, g
-
-
-def cosine(a, b):
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+        h = Tensor(x)
+        for m in net.modules[:cut + 1]:
+            h = m(h)
+    h = np.ascontiguousarray(h.data)
+    return h, net.true_gradient(cut, h, y)
 
 
 def main():
@@ -135,9 +121,10 @@ def main():
     cache = Path(a.cache.format(layers=a.layers, pretrain=a.pretrain))
     model, modules, (xtr, ytr) = pretrain(config, a.pretrain, cache)
     model.eval()
+    net = DNINet(modules)                                       # for true_gradient only: nothing here trains it
     cut = a.cut if a.cut >= 0 else len(modules) - 2
     held = np.arange(len(xtr) - 512, len(xtr))                 # the last 512 training images, never fitted on
-    pairs = [features_and_grads(modules, cut, xtr[held[k:k + a.batch_size]], ytr[held[k:k + a.batch_size]])
+    pairs = [features_and_grads(net, cut, xtr[held[k:k + a.batch_size]], ytr[held[k:k + a.batch_size]])
              for k in range(0, len(held), a.batch_size)]            # in the units of a training batch's gradient
     hx, hg = np.concatenate([h for h, _ in pairs]), np.concatenate([g for _, g in pairs])
     energy = [np.sort((g.reshape(len(g), -1) ** 2).sum(1))[::-1] for _, g in pairs]
@@ -150,7 +137,6 @@ def main():
              "conv-dni": lambda: ConvSynthesizer(shape[0], None, hidden=(shape[0],) * 2, rng=rng),
              "conv-xy": lambda: CoordConvSynthesizer(shape[0], shape[1], 10, rng),
              "linear": lambda: FlatSynthesizer(shape, 10, rng)}[a.variant]()
-    conditioned = a.variant != "conv-dni"
     opt = Adam(synth.parameters(), lr=a.lr)
     order = np.random.default_rng(2)
     out = Path(a.out)
@@ -159,20 +145,19 @@ def main():
     for step in range(a.fit_steps + 1):
         if step % a.every == 0:
             synth.eval()
-            with_y = (Tensor(hx), ytr[held]) if conditioned else (Tensor(hx),)
-            pred = synth(*with_y).data
+            agree = gradient_agreement(synth(Tensor(hx), ytr[held]).data, hg)   # an unconditioned M ignores y
             synth.train()
             rec = {"variant": a.variant, "lr": a.lr, "layers": a.layers, "cut": cut, "pretrain": a.pretrain,
-                   "loss": a.loss, "batch_size": a.batch_size, "step": step, "cos": cosine(pred, hg),
-                   "norm_ratio": float(np.linalg.norm(pred) / np.linalg.norm(hg)), "wall_s": round(time.time() - t0, 1)}
+                   "loss": a.loss, "batch_size": a.batch_size, "step": step, "cos": agree["cos"],
+                   "norm_ratio": agree["norm_synthetic"] / agree["norm_true"], "wall_s": round(time.time() - t0, 1)}
             print(json.dumps(rec), flush=True)
             with open(out, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
         if step == a.fit_steps:
             break
         idx = order.integers(0, len(xtr) - 512, a.batch_size)
-        h, g = features_and_grads(modules, cut, xtr[idx], ytr[idx])
-        pred = synth(Tensor(h), ytr[idx]) if conditioned else synth(Tensor(h))
+        h, g = features_and_grads(net, cut, xtr[idx], ytr[idx])
+        pred = synth(Tensor(h), ytr[idx])
         loss = ops.mse_loss(pred, Tensor(g), reduction=a.loss)
         opt.zero_grad()
         loss.backward()
