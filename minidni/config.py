@@ -43,6 +43,19 @@ def param(default, help, *, choices=None, ge=None, gt=None, le=None):  # noqa: A
     return dataclasses.field(default=default, metadata=meta)
 
 
+def new_default(base, name, default):
+    """`base`'s field `name` (its help, choices and bounds) with another default: for a config that only changes the
+    default of a setting it inherits, so the description is written once.
+
+        lr: float = new_default(TrainConfig, "lr", 3e-4)
+    """
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    if name not in fields:
+        raise ConfigError(f"new_default: {base.__name__} has no setting {name!r}; its settings: {', '.join(fields)}")
+    meta = fields[name].metadata
+    return param(default, meta["help"], choices=meta["choices"], ge=meta["ge"], gt=meta["gt"], le=meta["le"])
+
+
 # ---- checking one value ------------------------------------------------------------------------------------------------
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 

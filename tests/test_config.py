@@ -1,10 +1,11 @@
 """Config dataclasses: validation on construction, overrides with clear errors, the TOML round trip."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
 
-from minidni.config import ConfigError, TrainConfig, load_toml, override, param, parse_value, to_toml
+from minidni.config import ConfigError, TrainConfig, load_toml, new_default, override, param, parse_value, to_toml
 
 
 @dataclass
@@ -67,3 +68,18 @@ def test_toml_errors(tmp_path):
 def test_parse_value():
     assert parse_value("3") == 3 and parse_value("1e-3") == 1e-3 and parse_value("true") is True
     assert parse_value("[1, 2]") == [1, 2] and parse_value("numba") == "numba"
+
+
+def test_new_default_keeps_the_inherited_rule_and_help():
+    @dataclasses.dataclass
+    class Faster(TrainConfig):
+        lr: float = new_default(TrainConfig, "lr", 3e-4)
+
+    lr = {f.name: f for f in dataclasses.fields(Faster)}["lr"]
+    base = {f.name: f for f in dataclasses.fields(TrainConfig)}["lr"]
+    assert Faster().lr == 3e-4 and TrainConfig().lr == 1e-3
+    assert lr.metadata == base.metadata                      # same help, same bound gt=0
+    with pytest.raises(ConfigError, match="lr must be > 0.0; got -1.0.*learning rate of Adam"):
+        Faster(lr=-1.0)
+    with pytest.raises(ConfigError, match="TrainConfig has no setting 'lrr'.*lr_gamma"):
+        new_default(TrainConfig, "lrr", 1.0)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import nn
 from ..autograd import no_grad
-from ..config import ConfigError, TrainConfig, param
+from ..config import ConfigError, TrainConfig, new_default, param
 from ..data import BatchIterator, load_cifar10, load_mnist
 from ..dni import DNINet, adam, mlp_modules
 from ..dni.interface import SYNTH_LOSSES
@@ -98,9 +98,8 @@ class CdniFcnConfig(DniFcnConfig):
     # Knowing the label, a LINEAR synthesizer is enough (the paper's cDNI; it can represent the gradient of a linear
     # top layer exactly), and a small learning rate pays: a quiet g_hat. On validation (3 and 6 layers, 8-epoch runs),
     # 1e-5 beat 3e-5, 3e-6 and 1e-6 (and 1e-4, 1e-3 by far).
-    synthesizer: str = param("linear", "synthesizer M: 'linear' (g_hat = h W + b) or 'mlp' (synth_hidden layers)",
-                             choices=("linear", "mlp"))
-    synth_lr: float = param(1e-5, "Adam learning rate of the synthesizers (decays with lr)", gt=0.0)
+    synthesizer: str = new_default(DniFcnConfig, "synthesizer", "linear")
+    synth_lr: float = new_default(DniFcnConfig, "synth_lr", 1e-5)
 
 
 @dataclass
@@ -126,17 +125,15 @@ class CnnConfig(TrainConfig):
     # (bprop at 4 layers 1.09% -> 0.66%, the paper's 0.6): docs/results-mnist.md.
     lr_gamma: float = param(0.1, "multiply lr (and the synthesizers' lr) by this at each decay point (1.0: no decay)",
                             gt=0.0, le=1.0)
-    lr_decay_at: tuple[float, ...] = param((0.5, 0.75), "fractions of the run at which lr is decayed (used when "
-                                                        "lr_decay_every = 0 and lr_milestones = [])", gt=0.0, le=1.0)
+    lr_decay_at: tuple[float, ...] = new_default(TrainConfig, "lr_decay_at", (0.5, 0.75))
     validation: int = param(5000, "training images held out for validation (fixed split, seed 0)", ge=1, le=50000)
     eval_subset: int = param(200, "evaluate on the first N validation / test images (0: all of them)", ge=0)
     data_dir: str = param("", "folder with the data set files ('': the default place)")
     verify_data: bool = param(True, "check the MNIST files' SHA-256 before use (false: --no-verify)")
-    steps: int = param(10, "train this many steps instead of `epochs` (0: use epochs)", ge=0)
-    batch_size: int = param(32, "examples per training step", ge=2)
-    checkpoint_every: int = param(0, "save checkpoint.npz every this many steps (0: only at the end and on Ctrl-C)",
-                                  ge=0)
-    log_every: int = param(2, "write a training record to metrics.jsonl every this many steps", ge=1)
+    steps: int = new_default(TrainConfig, "steps", 10)
+    batch_size: int = new_default(TrainConfig, "batch_size", 32)
+    checkpoint_every: int = new_default(TrainConfig, "checkpoint_every", 0)
+    log_every: int = new_default(TrainConfig, "log_every", 2)
 
     def check(self):
         super().check()
@@ -181,7 +178,7 @@ class Cifar10FcnConfig(TrainConfig):
     validation: int = param(5000, "training images held out for validation (fixed split, seed 0)", ge=1, le=49000)
     data_dir: str = param("", "cifar-10-python.tar.gz, the cifar-10-batches-py folder, or a folder holding either "
                               "('': $MINIDNI_DATA)")
-    epochs: int = param(20, "passes over the training set (used when steps = 0)", ge=0)
+    epochs: int = new_default(TrainConfig, "epochs", 20)
 
 
 @dataclass

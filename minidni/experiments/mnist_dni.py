@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import kernels
-from ..config import param, to_toml
+from ..config import new_default, param, to_toml
 from ..dni import ConcurrentRunner, Runner, Trace, add_synthetic_inputs, draw_timeline
 from ..dni.schedules import pipelined, stochastic
 from ..dni.trace import Span
@@ -158,11 +158,9 @@ class CompareConfig(MnistFcnConfig):
     # experiment's defaults (see `minidni show mnist-fcn-dni`).
     methods: tuple[str, ...] = param(("bprop", "dni", "cdni"), "which of mnist-fcn-{no-bprop,bprop,dni,cdni} to run",
                                      choices=("no-bprop", "bprop", "dni", "cdni"))
-    epochs: int = param(5, "passes over the training set (used when steps = 0)", ge=0)
-    lr_decay_at: tuple[float, ...] = param((0.6, 0.8), "fractions of the run at which lr is decayed (used when "
-                                                       "lr_decay_every = 0 and lr_milestones = [])", gt=0.0, le=1.0)
-    eval_count: int = param(10, "evaluate on validation this many times, evenly over the run (used when "
-                                "eval_every = 0; 0: at the end of each epoch)", ge=0)
+    epochs: int = new_default(MnistFcnConfig, "epochs", 5)
+    lr_decay_at: tuple[float, ...] = new_default(MnistFcnConfig, "lr_decay_at", (0.6, 0.8))
+    eval_count: int = new_default(MnistFcnConfig, "eval_count", 10)
     diagnose_every: int = param(25, "compare g_hat with the true gradient every this many steps (0: never)", ge=0)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import TrainConfig, param
+from ..config import TrainConfig, new_default, param
 from ..data import BatchIterator, load_mnist
 from ..nn import mlp
 from ..optim import Adam
@@ -36,12 +36,11 @@ class MnistFcnConfig(TrainConfig):
     # by 10 after epochs 10 and 15. Chosen on the validation error among: constant 1e-3, constant 3e-4, halving every
     # 2 epochs, and this (3 layers: 1.9% validation, 1.6% test error). The decay points are fractions of the run
     # (1/2 and 3/4: steps 2140 and 3210 of 4280), so --epochs, --steps and --batch-size move them along.
-    epochs: int = param(20, "passes over the training set (used when steps = 0)", ge=0)
-    batch_size: int = param(256, "examples per training step", ge=2)
-    lr: float = param(1e-3, "learning rate of Adam", gt=0.0)
-    lr_gamma: float = param(0.1, "multiply lr by this at each decay point (1.0: no decay)", gt=0.0, le=1.0)
-    lr_decay_at: tuple[float, ...] = param((0.5, 0.75), "fractions of the run at which lr is decayed (used when "
-                                                        "lr_decay_every = 0 and lr_milestones = [])", gt=0.0, le=1.0)
+    epochs: int = new_default(TrainConfig, "epochs", 20)
+    batch_size: int = new_default(TrainConfig, "batch_size", 256)
+    lr: float = new_default(TrainConfig, "lr", 1e-3)
+    lr_gamma: float = new_default(TrainConfig, "lr_gamma", 0.1)
+    lr_decay_at: tuple[float, ...] = new_default(TrainConfig, "lr_decay_at", (0.5, 0.75))
     verify_data: bool = param(True, "check the data files' SHA-256 before use (false: --no-verify)")
 
 

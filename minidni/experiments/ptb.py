@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import kernels, ops
 from ..autograd import no_grad
-from ..config import Config, ConfigError, TrainConfig, override, param, to_toml
+from ..config import Config, ConfigError, TrainConfig, new_default, override, param, to_toml
 from ..data.ptb import BPTTIterator, CharCorpus, CharVocab, load_ptb_chars
 from ..device import CPU, device_of
 from ..tensor import Tensor
@@ -119,7 +119,7 @@ class PTBConfig(TrainConfig):
     eval_window: int = param(100, "characters an evaluation reads per LSTM call (the state is carried)", ge=1)
     text_file: str = param("", "a UTF-8 text file to model instead of PTB (split 90/5/5 into train/valid/test; "
                                "for tests and your own text)")
-    log_every: int = param(100, "write a training record to metrics.jsonl every this many steps", ge=1)
+    log_every: int = new_default(TrainConfig, "log_every", 100)
     checkpoint_every: int = param(2000, "save checkpoint.npz every this many steps (0: only at the end)", ge=0)
     epochs: int = param(0, "unused: a run is train_chars long (or `steps` windows)", ge=0)
 
