@@ -41,6 +41,7 @@ POOL_SHAPES = [
     ("cifar maxpool1", "max", 128, 32), ("cifar avgpool2", "avg", 128, 15),
 ]
 POOL_K, POOL_S = (3, 3), (2, 2)
+POOL_VERSIONS = (1, 2)
 
 
 def blas_threads():
@@ -109,6 +110,8 @@ def conv_cases(batch, versions, samples, torch, first=None):
 
 
 def pool_cases(batch, samples, torch, first=None):
+    """Per paper pool: pool versions 1 and 2 (cpu.*POOL2D_*_VERSIONS; the max pool's forward has one) and torch,
+    each checked against the reference first. Returns (name, bytes, (1, 2), [(best, median) per version + torch])."""
     import torch.nn.functional as F
 
     rng = np.random.default_rng(1)
@@ -117,28 +120,33 @@ def pool_cases(batch, samples, torch, first=None):
         x = rng.standard_normal((batch, c, h, h), dtype=np.float32)
         oh = (h - POOL_K[0]) // POOL_S[0] + 1
         g = rng.standard_normal((batch, c, oh, oh), dtype=np.float32)
+        fns = []
         if kind == "max":
             y_ref, idx = ref.maxpool2d_forward(x, POOL_K, POOL_S)
             dx_ref = ref.maxpool2d_backward(g, idx, x.shape, POOL_K, POOL_S)
             y, idx2 = cpu.maxpool2d_forward(x, POOL_K, POOL_S)
             close(y, y_ref, name)
-            close(cpu.maxpool2d_backward(g, idx2, x.shape, POOL_K, POOL_S), dx_ref, f"{name} dx")
+            for v in POOL_VERSIONS:
+                backward = cpu.MAXPOOL2D_BACKWARD_VERSIONS[v]
+                close(backward(g, idx2, x.shape, POOL_K, POOL_S), dx_ref, f"{name} v{v} dx")
 
-            def ours():
-                _, i = cpu.maxpool2d_forward(x, POOL_K, POOL_S)
-                cpu.maxpool2d_backward(g, i, x.shape, POOL_K, POOL_S)
-
+                def ours(backward=backward):
+                    _, i = cpu.maxpool2d_forward(x, POOL_K, POOL_S)
+                    backward(g, i, x.shape, POOL_K, POOL_S)
+                fns.append(ours)
             op = F.max_pool2d
         else:
             y_ref = ref.avgpool2d_forward(x, POOL_K, POOL_S)
             dx_ref = ref.avgpool2d_backward(g, x.shape, POOL_K, POOL_S)
-            close(cpu.avgpool2d_forward(x, POOL_K, POOL_S), y_ref, name)
-            close(cpu.avgpool2d_backward(g, x.shape, POOL_K, POOL_S), dx_ref, f"{name} dx")
+            for v in POOL_VERSIONS:
+                forward, backward = cpu.AVGPOOL2D_FORWARD_VERSIONS[v], cpu.AVGPOOL2D_BACKWARD_VERSIONS[v]
+                close(forward(x, POOL_K, POOL_S), y_ref, f"{name} v{v}")
+                close(backward(g, x.shape, POOL_K, POOL_S), dx_ref, f"{name} v{v} dx")
 
-            def ours():
-                cpu.avgpool2d_forward(x, POOL_K, POOL_S)
-                cpu.avgpool2d_backward(g, x.shape, POOL_K, POOL_S)
-
+                def ours(forward=forward, backward=backward):
+                    forward(x, POOL_K, POOL_S)
+                    backward(g, x.shape, POOL_K, POOL_S)
+                fns.append(ours)
             op = F.avg_pool2d
         xt = torch.from_numpy(x).requires_grad_(True)
         gt = torch.from_numpy(g)
@@ -150,8 +158,8 @@ def pool_cases(batch, samples, torch, first=None):
         torch_step()
         close(xt.grad.numpy(), dx_ref, f"{name} torch dx")
         nbytes = 4 * (2 * x.size + 2 * g.size)  # read x, write y; read g, write dx
-        times = interleaved([ours, torch_step], samples)
-        rows.append((f"{name}: {kind} 3x3/2 of {batch}x{c}x{h}x{h}", nbytes, None, times))
+        times = interleaved(fns + [torch_step], samples)
+        rows.append((f"{name}: {kind} 3x3/2 of {batch}x{c}x{h}x{h}", nbytes, POOL_VERSIONS, times))
     return rows
 
 
@@ -241,13 +249,16 @@ def main():
                 **{f"v{v}": list(t) for v, t in zip(versions, ours)}, "torch": list(theirs)},
                 "ratio": {f"v{v}": theirs[0] / b for v, (b, _) in zip(versions, ours)}})
     if args.only != "conv":
-        print("\n| pool (forward + backward) | ours ms | torch ms | ours GB/s | torch GB/s | ratio |")
-        print("|---|---|---|---|---|---|")
-        for what, nbytes, _, ((b, m), (tb, tm)) in pool_cases(args.batch, args.samples, torch, args.first):
-            print(f"| {what} | {b:.3f} / {m:.3f} | {tb:.3f} / {tm:.3f} | {nbytes / b / 1e6:.1f} | "
-                  f"{nbytes / tb / 1e6:.1f} | {tb / b:.2f}x |")
-            record["pool"].append({"pool": what, "bytes": nbytes, "ms_best_median": {"ours": [b, m], "torch": [tb, tm]},
-                                   "ratio": tb / b})
+        print("\n| pool (forward + backward) | v1 ms | v2 ms | torch ms | v2 GB/s | torch GB/s | ratio v1 | ratio v2 |")
+        print("|---" * 8 + "|")
+        for what, nbytes, versions, times in pool_cases(args.batch, args.samples, torch, args.first):
+            ours, (tb, tm) = times[:-1], times[-1]
+            b2 = ours[-1][0]
+            print(f"| {what} | {' | '.join(f'{b:.3f} / {m:.3f}' for b, m in ours)} | {tb:.3f} / {tm:.3f} | "
+                  f"{nbytes / b2 / 1e6:.1f} | {nbytes / tb / 1e6:.1f} | {' | '.join(f'{tb / b:.2f}x' for b, _ in ours)} |")
+            record["pool"].append({"pool": what, "bytes": nbytes, "ms_best_median": {
+                **{f"v{v}": list(t) for v, t in zip(versions, ours)}, "torch": [tb, tm]},
+                "ratio": {f"v{v}": tb / b for v, (b, _) in zip(versions, ours)}})
     if args.pieces:
         record["pieces"] = pieces(args.batch, args.samples, torch)
     if hasattr(os, "getloadavg"):

@@ -500,3 +500,28 @@ def test_batchnorm2d_matches_torch(rng):
     np.testing.assert_allclose(bn.weight.grad, tbn.weight.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(bn.running_mean, tbn.running_mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("seed", range(8))
+def test_pool_versions_agree_bit_for_bit(dtype, seed):
+    # version 2 reorders the loops but not the additions: the same bits as version 1 (ties, NaN, overlapping and
+    # gapped windows, any layout), and both within rounding of the reference
+    r = np.random.default_rng(200 + seed)
+    kernel = tuple(int(k) for k in r.integers(1, 5, size=2))
+    stride = tuple(int(s) for s in r.integers(1, 5, size=2))
+    shape = (int(r.integers(1, 4)), int(r.integers(1, 4)), kernel[0] + int(r.integers(0, 7)),
+             kernel[1] + int(r.integers(0, 7)))
+    x = with_layout(r.standard_normal(shape).astype(dtype), LAYOUTS[seed % len(LAYOUTS)])
+    if seed % 2:
+        x = np.round(x)
+    y, idx = cpu.maxpool2d_forward(x, kernel, stride)
+    g = with_layout(r.standard_normal(y.shape).astype(dtype), LAYOUTS[(seed + 1) % len(LAYOUTS)])
+    dx = {v: cpu.MAXPOOL2D_BACKWARD_VERSIONS[v](g, idx, x.shape, kernel, stride) for v in (1, 2)}
+    ya = {v: cpu.AVGPOOL2D_FORWARD_VERSIONS[v](x, kernel, stride) for v in (1, 2)}
+    dxa = {v: cpu.AVGPOOL2D_BACKWARD_VERSIONS[v](g, x.shape, kernel, stride) for v in (1, 2)}
+    for got in (dx, ya, dxa):
+        np.testing.assert_array_equal(got[2], got[1])
+    _close(dx[2], reference.maxpool2d_backward(g, idx, x.shape, kernel, stride), dtype, "maxpool v2 dx")
+    _close(ya[2], reference.avgpool2d_forward(x, kernel, stride), dtype, "avgpool v2 y")
+    _close(dxa[2], reference.avgpool2d_backward(g, x.shape, kernel, stride), dtype, "avgpool v2 dx")
