@@ -9,7 +9,8 @@ of load from another process hits both, and the table gives the best and the med
 torch time / our time on the best (>= 1: we are faster). GFLOP/s counts 2 flops per multiply-add of the forward and
 of each gradient computed. Both engines get the same number of threads: torch.set_num_threads(BLAS threads).
 
-    python benchmarks/bench_conv.py                    # every paper shape, batch 32, conv versions 3 and 4 (the default)
+    python benchmarks/bench_conv.py                    # every paper shape, batch 32, conv versions 3 and 4 (the
+                                                       # default), pool versions 1 and 2
     python benchmarks/bench_conv.py --versions 2 3 4   # several versions side by side
     python benchmarks/bench_conv.py --batch 64 --samples 15 --only conv
     python benchmarks/bench_conv.py --only conv --first 0 --pieces     # the forward piece by piece, one core

@@ -1191,7 +1191,7 @@ def _avgpool2d_backward(g, kh, kw, sh, sw, dx):
 
 @jit
 def _avgpool2d_forward_2(xf, planes, h_, w_, kh, kw, sh, sw, oh, ow, yf):
-    # version 1's sums, the taps (p, q) outer and the row's outputs j inner (see version 2 of the max pool):
+    # version 1's sums, the taps (p, q) outer and the row's outputs j inner (the version 2 note above):
     #     acc[j] = 0;  for p < kh, q < kw, j < OW:  acc[j] += x[i*sh + p, j*sw + q];   y[i, j] = acc[j] / (kh kw)
     acc = np.empty(ow, dtype=xf.dtype)
     scale = xf.dtype.type(1.0 / (kh * kw))
